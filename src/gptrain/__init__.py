@@ -1,0 +1,59 @@
+"""gptrain: pre-train GPT-2 style language models from scratch.
+
+The lecture's functions are importable from here under the names the lecture uses::
+
+    from gptrain import GPTModel, GPT_CONFIG_124M, get_tokenizer, text_to_token_ids, ...
+"""
+
+from gptrain.checkpoint import load_checkpoint, save_checkpoint
+from gptrain.config import GPT_CONFIG_124M, PRESETS, GPTConfig, TrainConfig, get_preset
+from gptrain.data import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
+from gptrain.errors import GptrainError
+from gptrain.generate import (
+    generate,
+    generate_and_print_sample,
+    generate_text_advanced,
+    generate_text_simple,
+)
+from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
+from gptrain.model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock, count_parameters
+from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+from gptrain.train import evaluate_model, plot_losses, train, train_model_simple
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT_CONFIG_124M",
+    "PRESETS",
+    "FeedForward",
+    "GPTConfig",
+    "GPTDatasetV1",
+    "GPTModel",
+    "GptrainError",
+    "MultiHeadAttention",
+    "TrainConfig",
+    "TransformerBlock",
+    "calc_loss_batch",
+    "calc_loss_loader",
+    "calc_loss_manual",
+    "calc_loss_pytorch",
+    "count_parameters",
+    "create_dataloader_v1",
+    "evaluate_model",
+    "generate",
+    "generate_and_print_sample",
+    "generate_text_advanced",
+    "generate_text_simple",
+    "get_preset",
+    "get_tokenizer",
+    "load_checkpoint",
+    "load_corpus",
+    "perplexity",
+    "plot_losses",
+    "save_checkpoint",
+    "split_text",
+    "text_to_token_ids",
+    "token_ids_to_text",
+    "train",
+    "train_model_simple",
+]

@@ -1,0 +1,205 @@
+"""Checkpoints: a directory that rebuilds its model with no other input.
+
+    model.safetensors    the unwrapped model's weights (a tied output head is stored once)
+    config.json          the model config, the run's settings, the tokenizer, step and tokens seen
+    training_state.pt    optional: optimizer and everything else needed to resume training
+
+A checkpoint is written under a temporary name, fsynced, then renamed into place, so a
+reader sees either the previous complete checkpoint or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from gptrain.config import GPTConfig
+from gptrain.errors import GptrainError
+from gptrain.model import GPTModel, unwrap_model
+from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+FORMAT = "gptrain-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished directory ``tmp`` to ``path``, replacing what was there."""
+    if path.exists() and not path.is_dir():
+        raise GptrainError(f"{path} exists and is not a directory: choose another output path")
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped model's tensors, without the output head when it is tied to the embedding."""
+    model = unwrap_model(model)
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("out_head.weight", None)
+    return state
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
+                    train_config: dict[str, Any] | None = None,
+                    training_state: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory."""
+    path = Path(path)
+    model = unwrap_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        state = dict(training_state or {})
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model.cfg.to_dict(),
+            "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
+            "train": train_config,
+            "step": state.get("step"),
+            "tokens_seen": state.get("tokens_seen"),
+        }
+        write_json_atomic(tmp / CONFIG_FILE, config)
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        if state:
+            torch.save(state, tmp / STATE_FILE)
+        for file in tmp.iterdir():
+            _fsync(file)
+        replace_dir(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise GptrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous one is kept") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (meaning its ``final/`` checkpoint)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise GptrainError(f"checkpoint {path} does not exist: give a checkpoint or run directory")
+    if path.is_dir() and not (path / WEIGHTS_FILE).exists() and (path / "final" / CONFIG_FILE).exists():
+        path = path / "final"  # a run directory
+    if not path.is_dir():
+        raise GptrainError(f"{path} is not a checkpoint directory: give the directory that holds {WEIGHTS_FILE}")
+    if not (path / CONFIG_FILE).is_file():
+        raise GptrainError(f"{path} is not a gptrain checkpoint (no {CONFIG_FILE}): give a checkpoint or run directory")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise GptrainError(f"checkpoint {path} has no {WEIGHTS_FILE}: it is incomplete, use another checkpoint")
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint (after :func:`resolve_checkpoint`)."""
+    path = resolve_checkpoint(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptrainError(f"{path / CONFIG_FILE} is damaged ({exc}): use another checkpoint") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
+        raise GptrainError(f"{path / CONFIG_FILE} is not a gptrain checkpoint config: use another checkpoint")
+    return config
+
+
+def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path, device=str(device))
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise GptrainError(f"{path} is damaged or not a safetensors file ({exc}): use another checkpoint") from None
+
+
+def load_state_into(model: GPTModel, state: dict[str, torch.Tensor], source: Path | str) -> GPTModel:
+    """Assign ``state`` to a model built on the meta device, checking every name and shape."""
+    expected = weights_state_dict(model)
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        if unexpected:
+            parts.append(f"unexpected {unexpected[0]}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+        raise GptrainError(f"{source} does not match its config ({'; '.join(parts)}): the checkpoint is inconsistent")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise GptrainError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)} but the config needs "
+                f"{tuple(tensor.shape)}: the weights belong to another model size"
+            )
+    model.load_state_dict(state, strict=False, assign=True)
+    if model.cfg.tie_embeddings:
+        model.out_head.weight = model.tok_emb.weight
+    return model
+
+
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", with_optimizer: bool = False):
+    """Rebuild the model saved at ``path`` (a checkpoint or run directory), in eval mode.
+
+    With ``with_optimizer=True`` returns ``(model, optimizer_state_dict)``; the state dict is
+    ``None`` when the checkpoint holds none. Load it into an optimizer built over the returned
+    model's parameters.
+    """
+    path = resolve_checkpoint(path)
+    config = read_checkpoint_config(path)
+    cfg = GPTConfig.from_dict(config["model"])
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    load_state_into(model, read_weights(path / WEIGHTS_FILE, device), path / WEIGHTS_FILE)
+    model.eval()
+    if not with_optimizer:
+        return model
+    state = load_training_state(path, map_location=device)
+    return model, (state or {}).get("optimizer")
+
+
+def load_training_state(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The checkpoint's ``training_state.pt`` (read with ``weights_only=True``), or None."""
+    path = resolve_checkpoint(path)
+    state_file = path / STATE_FILE
+    if not state_file.exists():
+        return None
+    try:
+        return torch.load(state_file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged pickle
+        raise GptrainError(f"{state_file} is damaged ({type(exc).__name__}): resume from another checkpoint") from None

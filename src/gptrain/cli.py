@@ -1,0 +1,139 @@
+"""The ``gptrain`` command line: ``train`` and ``generate``.
+
+Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
+then the flags. A bad input prints one line naming the problem and the fix and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from gptrain.errors import GptrainError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in {"none", "off", "0"} else float(text)
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="pre-train a model (default: the lecture's run on the-verdict)",
+        description="Pre-train a GPT model. With no flags it runs the lecture: the 124M architecture at "
+                    "context 256 on the-verdict.txt for 10 epochs, AdamW lr 4e-4, weight decay 0.1, batch 2, "
+                    "evaluating every 5 steps on 5 batches, seed 123.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
+    p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
+    p.add_argument("--data", default=s, help="text file, folder of .txt files, or a named dataset (the-verdict)")
+    p.add_argument("--out", default=s, help="run directory for checkpoints, metrics.jsonl and loss.png "
+                                             "[runs/verdict]")
+    p.add_argument("--preset", default=s, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")
+    p.add_argument("--context-length", type=int, default=s, help="tokens per training window [256]")
+    p.add_argument("--dropout", type=float, default=s, help="override the preset's drop rate [0.1]")
+    p.add_argument("--batch-size", type=int, default=s, help="windows per batch [2]")
+    p.add_argument("--epochs", type=int, default=s, help="passes over the training text [10]")
+    p.add_argument("--lr", type=float, default=s, help="peak learning rate [4e-4]")
+    p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine decay [0]")
+    p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
+    p.add_argument("--cosine", action="store_true", default=s, help="decay the learning rate along a cosine")
+    p.add_argument("--weight-decay", type=float, default=s, help="AdamW weight decay on matrices [0.1]")
+    p.add_argument("--grad-clip", type=_optional_float, default=s, help="max gradient norm, 'none' disables [1.0]")
+    p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
+    p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
+    p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")
+    p.add_argument("--train-ratio", type=float, default=s, help="share of the text used for training [0.9]")
+    p.add_argument("--start-context", default=s, help="prompt of the sample printed after each epoch")
+    p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
+    p.add_argument("--seed", type=int, default=s, help="random seed [123]")
+    p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps [auto]")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(handler=run_train)
+
+
+def add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="continue a prompt with a trained checkpoint",
+        description="Continue a prompt with a checkpoint. Temperature 0 is greedy; otherwise the next token "
+                    "is sampled from the softmax of logits/temperature, restricted to the top-k tokens.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
+    p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to add")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(handler=run_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    add_train_parser(subparsers)
+    add_generate_parser(subparsers)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from gptrain.config import TrainConfig, read_config_file
+    from gptrain.train import train
+
+    settings = read_config_file(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite"}}
+    settings.update(flags)
+    cfg = TrainConfig.from_dict(settings, source=args.config or "settings")
+    train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptrain.checkpoint import load_checkpoint
+    from gptrain.generate import check_sampling_args, generate
+    from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+    from gptrain.train import resolve_device
+
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.checkpoint, device=device)
+    tokenizer = get_tokenizer()
+    idx = text_to_token_ids(args.prompt, tokenizer).to(device)
+    if idx.shape[1] == 0:
+        raise GptrainError("the prompt is empty: give --prompt some text")
+    torch.manual_seed(args.seed)
+    out = generate(model, idx, args.max_new_tokens, model.cfg.context_length,
+                   temperature=args.temperature, top_k=args.top_k)
+    print(token_ids_to_text(out, tokenizer))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except GptrainError as exc:
+        print(f"gptrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

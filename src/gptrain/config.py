@@ -1,0 +1,217 @@
+"""Typed configuration: the model's shape, the named presets, and the training run.
+
+The book passes plain dicts such as ``GPT_CONFIG_124M``; every function here that takes a
+model config accepts such a dict, a preset name or a :class:`GPTConfig` alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from gptrain.errors import GptrainError
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2 style model; the field names are the book's dict keys."""
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    # The book keeps a separate output head (163M parameters for "124M"); OpenAI's GPT-2 ties
+    # it to the token embedding (124M parameters).
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GptrainError(f"model config: {name} must be a positive integer, not {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise GptrainError(
+                f"model config: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}: "
+                "choose a width that is a multiple of the head count"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise GptrainError(f"model config: drop_rate must be in [0, 1), not {self.drop_rate!r}")
+
+    # The book indexes its config dict (cfg["emb_dim"]); keep that working on the dataclass.
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.to_dict():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GptrainError(
+                f"model config: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# The book's dict, exactly as chapter 4 defines it.
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+PRESETS: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=2),
+    "124M": GPTConfig(emb_dim=768, n_layers=12, n_heads=12),
+    "355M": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),
+    "774M": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),
+    "1558M": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),
+}
+
+# Hugging Face names of OpenAI's checkpoints, for users who think in those.
+PRESET_ALIASES = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+
+
+def get_preset(name: str) -> GPTConfig:
+    """A fresh copy of the named preset (``tiny``, ``124M``, ``355M``, ``774M``, ``1558M``)."""
+    key = PRESET_ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise GptrainError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[key].replace()
+
+
+def as_model_config(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTConfig:
+    """Accept a GPTConfig, the book's dict or a preset name."""
+    if isinstance(cfg, GPTConfig):
+        return cfg
+    if isinstance(cfg, str):
+        return get_preset(cfg)
+    if isinstance(cfg, Mapping):
+        return GPTConfig.from_dict(cfg)
+    raise GptrainError(f"a model config must be a GPTConfig, a dict or a preset name, not {type(cfg).__name__}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``gptrain train`` needs; the defaults are the lecture's run."""
+
+    data: str = "the-verdict"
+    out: str = "runs/verdict"
+    preset: str = "124M"
+    context_length: int | None = 256
+    dropout: float | None = None
+    batch_size: int = 2
+    epochs: int = 10
+    lr: float = 4e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    cosine: bool = False
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    eval_freq: int = 5
+    eval_iter: int = 5
+    seed: int = 123
+    device: str = "auto"
+    start_context: str = "Every effort moves you"
+    sample_tokens: int = 50
+    train_ratio: float = 0.9
+    stride: int | None = None
+
+    def __post_init__(self):
+        positive = ("batch_size", "epochs", "eval_freq", "eval_iter")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GptrainError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
+        for name in ("context_length", "stride"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise GptrainError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
+        if self.warmup_steps < 0 or self.sample_tokens < 0:
+            raise GptrainError("--warmup-steps and --sample-tokens must not be negative")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GptrainError(f"--lr must be a positive number, not {self.lr!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise GptrainError(f"--min-lr must be between 0 and --lr ({self.lr}), not {self.min_lr!r}")
+        if self.weight_decay < 0:
+            raise GptrainError(f"--weight-decay must not be negative, not {self.weight_decay!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise GptrainError(f"--grad-clip must be positive (or omitted to disable), not {self.grad_clip!r}")
+        if not 0.0 < self.train_ratio < 1.0:
+            raise GptrainError(f"--train-ratio must be between 0 and 1, not {self.train_ratio!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise GptrainError(f"--dropout must be in [0, 1), not {self.dropout!r}")
+        get_preset(self.preset)
+
+    def model_config(self) -> GPTConfig:
+        """The preset with this run's overrides applied."""
+        cfg = get_preset(self.preset)
+        if self.context_length is not None:
+            cfg = cfg.replace(context_length=self.context_length)
+        if self.dropout is not None:
+            cfg = cfg.replace(drop_rate=self.dropout)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GptrainError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise GptrainError(f"{source}: {exc}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML or JSON file (keys are TrainConfig field names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptrainError(f"config file {path} does not exist: check the path given to --config")
+    try:
+        if path.suffix == ".json":
+            values = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptrainError(f"config file {path} cannot be parsed: {exc}") from None
+    if not isinstance(values, dict):
+        raise GptrainError(f"config file {path} must hold a table of settings")
+    # A run's saved config.json nests the training settings under "train".
+    return values.get("train", values)
+
+
+__all__ = [
+    "GPTConfig",
+    "GPT_CONFIG_124M",
+    "PRESETS",
+    "TrainConfig",
+    "as_model_config",
+    "get_preset",
+    "read_config_file",
+]

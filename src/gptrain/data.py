@@ -1,0 +1,146 @@
+"""Text in, (input, target) windows out: corpora, the train/val split, and the book's data loader."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tiktoken
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gptrain.download import cache_dir, download_file, sha256_of
+from gptrain.errors import GptrainError
+from gptrain.tokenizer import END_OF_TEXT, get_tokenizer
+
+
+class GPTDatasetV1(Dataset):
+    """Sliding windows over a tokenized text: window ``i`` starts at ``i * stride``.
+
+    Each item is ``(input_ids, target_ids)``, both of length ``max_length``, the targets being
+    the inputs shifted one token to the right. The windows are those of the book's class (the
+    last start is strictly before ``len(tokens) - max_length``); they are views into one token
+    tensor rather than one tensor per window.
+    """
+
+    def __init__(self, txt: str, tokenizer: tiktoken.Encoding, max_length: int, stride: int):
+        if max_length < 1 or stride < 1:
+            raise GptrainError(f"max_length and stride must be positive, not {max_length} and {stride}")
+        token_ids = tokenizer.encode(txt, allowed_special={END_OF_TEXT})
+        if len(token_ids) < max_length + 1:
+            raise GptrainError(
+                f"the text has {len(token_ids):,} tokens, fewer than one window of {max_length} plus one token: "
+                "give more text or a smaller context length"
+            )
+        self.token_ids = torch.tensor(token_ids, dtype=torch.long)
+        self.max_length = max_length
+        self.starts = range(0, len(token_ids) - max_length, stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.starts[idx]
+        return (self.token_ids[start:start + self.max_length],
+                self.token_ids[start + 1:start + self.max_length + 1])
+
+
+def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, stride: int = 128,
+                         shuffle: bool = True, drop_last: bool = True, num_workers: int = 0,
+                         tokenizer: tiktoken.Encoding | None = None,
+                         generator: torch.Generator | None = None) -> DataLoader:
+    """The book's loader over :class:`GPTDatasetV1`, using the bundled GPT-2 tokenizer."""
+    dataset = GPTDatasetV1(txt, tokenizer or get_tokenizer(), max_length, stride)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, generator=generator)
+
+
+def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
+    """Split by characters, as the book does: the first ``train_ratio`` trains, the rest validates."""
+    if not 0.0 < train_ratio < 1.0:
+        raise GptrainError(f"train_ratio must be between 0 and 1, not {train_ratio}")
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:]
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+
+
+DATASETS = {
+    "the-verdict": NamedDataset(
+        name="the-verdict",
+        filename="the-verdict.txt",
+        url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
+        sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+    ),
+}
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for named datasets: ``$GPTRAIN_DATA_DIR`` (may list several), then the cache."""
+    dirs = [Path(p).expanduser() for p in os.environ.get("GPTRAIN_DATA_DIR", "").split(os.pathsep) if p]
+    return dirs + [cache_dir() / "data"]
+
+
+def fetch_dataset(name: str) -> Path:
+    """The path of a named dataset: a checked copy on disk, else downloaded into the cache."""
+    dataset = DATASETS[name]
+    for folder in data_dirs():
+        candidate = folder / dataset.filename
+        if candidate.is_file():
+            digest = sha256_of(candidate)
+            if digest != dataset.sha256:
+                raise GptrainError(
+                    f"{candidate} is not the canonical {dataset.filename} (sha256 {digest[:12]}…, expected "
+                    f"{dataset.sha256[:12]}…): delete it, or train on it anyway with --data {candidate}"
+                )
+            return candidate
+    target = cache_dir() / "data" / dataset.filename
+    searched = ", ".join(str(d) for d in data_dirs())
+    return download_file(
+        dataset.url, target, sha256=dataset.sha256,
+        where_to_put_it=f"put {dataset.filename} in one of: {searched} (or point GPTRAIN_DATA_DIR at its folder)",
+    )
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GptrainError(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+            "convert it to UTF-8 or leave it out"
+        ) from None
+    except OSError as exc:
+        raise GptrainError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_corpus(source: str | Path) -> str:
+    """The text of a named dataset (``the-verdict``), a file, or a folder of ``.txt`` files.
+
+    A folder's files are read in sorted order and joined with ``<|endoftext|>``, GPT-2's
+    document separator.
+    """
+    if isinstance(source, str) and source in DATASETS and not Path(source).exists():
+        path = fetch_dataset(source)
+    else:
+        path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise GptrainError(f"folder {path} holds no .txt files: point --data at a text file or a folder of them")
+        text = END_OF_TEXT.join(read_text_file(p) for p in files)
+    elif path.is_file():
+        text = read_text_file(path)
+    else:
+        names = ", ".join(DATASETS)
+        raise GptrainError(f"{source} is neither a file, a folder nor a named dataset ({names}): check the path")
+    if not text.strip():
+        raise GptrainError(f"the corpus {path} is empty: give it some text")
+    return text

@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gptrain.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gptrain", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def tiny_run_dir(tmp_path, verdict_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(verdict_path), "--out", str(out), "--preset", "tiny",
+                 "--context-length", "32", "--batch-size", "4", "--epochs", "1", "--eval-freq", "10",
+                 "--eval-iter", "1", "--device", "cpu", "--sample-tokens", "3"]) == 0
+    return out
+
+
+def test_train_then_generate(tiny_run_dir, capsys):
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(tiny_run_dir), "--prompt", "Every effort moves you",
+                 "--max-new-tokens", "5", "--temperature", "1.4", "--top-k", "25", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("Every effort moves you")
+    main(["generate", "--checkpoint", str(tiny_run_dir / "final"), "--prompt", "Every effort moves you",
+          "--max-new-tokens", "5", "--temperature", "1.4", "--top-k", "25", "--seed", "1"])
+    assert capsys.readouterr().out == first
+
+
+def test_config_file_with_flag_override(tmp_path, verdict_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{verdict_path}"\npreset = "tiny"\ncontext_length = 16\nbatch_size = 8\n'
+                      f'epochs = 1\neval_freq = 100\ndevice = "cpu"\nsample_tokens = 1\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--context-length", "24"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["context_length"] == 24 and saved["train"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "/no/such/file.txt"], "neither a file, a folder nor a named dataset"),
+    (["train", "--preset", "huge"], "unknown preset 'huge'"),
+    (["train", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["train", "--batch-size", "two"], "invalid int value"),
+    (["generate", "--checkpoint", "/no/such/ckpt"], "does not exist"),
+    (["generate", "--checkpoint", ".", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "--checkpoint", ".", "--top-k", "0"], "top_k must be at least 1"),
+    (["generate", "--checkpoint", ".", "--max-new-tokens", "-5"], "max_new_tokens must not be negative"),
+    (["generate", "--checkpoint", "."], "not a gptrain checkpoint"),
+    (["train", "--config", "/no/such.toml"], "config file /no/such.toml does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_file_types(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\x80\x81 not utf-8")
+    (tmp_path / "short.txt").write_text("only a few words")
+    for name, message in [("bin.txt", "not UTF-8 text"), ("short.txt", "fewer than one window")]:
+        result = run_cli("train", "--data", str(tmp_path / name), "--out", str(tmp_path / "run"),
+                         "--preset", "tiny", "--device", "cpu")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_corrupt_checkpoint_via_cli(tiny_run_dir):
+    (tiny_run_dir / "final" / "model.safetensors").write_bytes(b"garbage")
+    result = run_cli("generate", "--checkpoint", str(tiny_run_dir))
+    assert result.returncode == 2 and "damaged" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["train", "--help"], ["generate", "--help"]):
+        result = run_cli(*args)
+        assert result.returncode == 0 and "usage: gptrain" in result.stdout
+    assert "--context-length" in run_cli("train", "--help").stdout
