@@ -10,6 +10,7 @@ reader sees either the previous complete checkpoint or the new complete one.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -52,15 +53,33 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished directory ``tmp`` to ``path``, replacing what was there."""
+    """Move the finished directory ``tmp`` to ``path``, replacing what was there.
+
+    The swap is atomic where the OS allows, so a reader (or a process killed mid-save) always
+    finds a complete directory at ``path``; elsewhere two renames leave a brief gap.
+    """
     if path.exists() and not path.is_dir():
         raise GptrainError(f"{path} exists and is not a directory: choose another output path")
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the old contents
+        else:
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
     _fsync(path.parent)
@@ -83,9 +102,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     model = unwrap_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         state = dict(training_state or {})
         config = {
@@ -105,11 +124,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
         for file in tmp.iterdir():
             _fsync(file)
         replace_dir(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GptrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous one is kept") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A full disk or a refused write reaches us as OSError, or wrapped by safetensors or torch.save.
+        if isinstance(exc, (OSError, safetensors.SafetensorError)) or (
+                isinstance(exc, RuntimeError) and "writ" in str(exc).lower()):
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise GptrainError(f"cannot write checkpoint {path}: {reason}; the previous one is kept") from None
         raise
     return path
 

@@ -1,4 +1,4 @@
-"""The ``gptrain`` command line: ``train`` and ``generate``.
+"""The ``gptrain`` command line: ``prepare``, ``train`` and ``generate``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -40,24 +40,60 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--preset", default=s, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")
     p.add_argument("--context-length", type=int, default=s, help="tokens per training window [256]")
     p.add_argument("--dropout", type=float, default=s, help="override the preset's drop rate [0.1]")
-    p.add_argument("--batch-size", type=int, default=s, help="windows per batch [2]")
-    p.add_argument("--epochs", type=int, default=s, help="passes over the training text [10]")
+    p.add_argument("--batch-size", type=int, default=s, help="sequences per micro-batch, per process [2]")
+    p.add_argument("--grad-accum", type=int, default=s, help="micro-batches per optimizer step [1]")
+    p.add_argument("--global-batch-tokens", type=int, default=s,
+                   help="tokens per optimizer step across processes (sets --grad-accum)")
+    p.add_argument("--epochs", type=int, default=s,
+                   help="passes over the training data [10 when no other budget is given]")
+    p.add_argument("--max-steps", type=int, default=s, help="stop after this many optimizer steps")
+    p.add_argument("--max-tokens", type=int, default=s, help="stop after this many training tokens")
     p.add_argument("--lr", type=float, default=s, help="peak learning rate [4e-4]")
     p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine decay [0]")
     p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
     p.add_argument("--cosine", action="store_true", default=s, help="decay the learning rate along a cosine")
+    p.add_argument("--lr-decay-steps", type=int, default=s, help="length of the cosine decay [the whole budget]")
     p.add_argument("--weight-decay", type=float, default=s, help="AdamW weight decay on matrices [0.1]")
     p.add_argument("--grad-clip", type=_optional_float, default=s, help="max gradient norm, 'none' disables [1.0]")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=s,
+                   help="autocast precision (fp16 uses a gradient scaler) [fp32]")
+    p.add_argument("--compile", action="store_true", default=s, help="compile the model with torch.compile")
     p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
+    p.add_argument("--log-every", type=int, default=s, help="write a train record to metrics.jsonl every N steps [1]")
+    p.add_argument("--save-every", type=int, default=s, help="save a resumable checkpoint every N steps")
+    p.add_argument("--keep-last", type=int, default=s, help="keep only the last K step checkpoints [all]")
     p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")
     p.add_argument("--train-ratio", type=float, default=s, help="share of the text used for training [0.9]")
     p.add_argument("--start-context", default=s, help="prompt of the sample printed after each epoch")
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
     p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps [auto]")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest complete checkpoint (its settings, "
+                        "updated by the flags given)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(handler=run_train)
+
+
+def add_prepare_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
+        description="Tokenize text into uint16 token files that `gptrain train --data DIR` reads through a "
+                    "memory map. Inputs are files, folders and glob patterns of .txt, .md and .jsonl files; each "
+                    "file (or JSON line) is a document, followed by <|endoftext|>. The corpus is streamed and "
+                    "tokenized in parallel processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
+    p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
+    p.add_argument("--text-field", default="text", help="the field of each .jsonl record that holds the text")
+    p.add_argument("--strict", action="store_true", help="stop at a bad .jsonl line instead of skipping it")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes [all cores]")
+    p.add_argument("--seed", type=int, default=123, help="seed of the document split")
+    p.add_argument("--overwrite", action="store_true", help="replace a prepared folder already in --out")
+    p.set_defaults(handler=run_prepare)
 
 
 def add_generate_parser(subparsers) -> None:
@@ -80,20 +116,48 @@ def add_generate_parser(subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    add_prepare_parser(subparsers)
     add_train_parser(subparsers)
     add_generate_parser(subparsers)
     return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from gptrain.config import TrainConfig, read_config_file
     from gptrain.train import train
 
-    settings = read_config_file(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite"}}
+    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume"}}
+    settings = {}
+    if args.resume:
+        # A resumed run keeps its saved settings; --config and flags change only what they name.
+        saved = Path(flags.get("out", TrainConfig.out)) / "config.json"
+        if not saved.is_file():
+            raise GptrainError(f"{saved.parent} holds no run to resume (no config.json): check --out")
+        settings = read_config_file(saved)
+    if args.config:
+        settings.update(read_config_file(args.config))
     settings.update(flags)
     cfg = TrainConfig.from_dict(settings, source=args.config or "settings")
-    train(cfg, overwrite=args.overwrite)
+    train(cfg, overwrite=args.overwrite, resume=args.resume)
+    return 0  # also after SIGTERM/SIGINT: the run saved a checkpoint to resume from
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from gptrain.prepare import prepare
+
+    if args.workers is not None and args.workers < 1:
+        raise GptrainError(f"--workers must be at least 1, not {args.workers}")
+    meta = prepare(args.inputs, args.out, val_fraction=args.val_fraction, text_field=args.text_field,
+                   strict=args.strict, workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+    documents = meta["documents"]
+    print(f"Wrote {args.out}: {meta['train_tokens']:,} train tokens ({documents['train']:,} documents), "
+          f"{meta['val_tokens']:,} val tokens ({documents['val']:,} documents, split by {meta['split']}) "
+          f"at {meta['tokens_per_second']:,} tokens/s")
+    if meta["skipped_lines"]:
+        print(f"Skipped {meta['skipped_lines']:,} bad .jsonl line(s), the first: {meta['first_skipped']}",
+              file=sys.stderr)
     return 0
 
 

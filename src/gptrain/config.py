@@ -110,6 +110,10 @@ def as_model_config(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTConfig:
     raise GptrainError(f"a model config must be a GPTConfig, a dict or a preset name, not {type(cfg).__name__}")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_EPOCHS = 10  # the lecture's budget, used when no --epochs, --max-steps or --max-tokens is given
+
+
 @dataclass
 class TrainConfig:
     """Everything ``gptrain train`` needs; the defaults are the lecture's run."""
@@ -120,15 +124,29 @@ class TrainConfig:
     context_length: int | None = 256
     dropout: float | None = None
     batch_size: int = 2
-    epochs: int = 10
+    # The budget: the first of these to run out ends training. With none given, 10 epochs.
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    grad_accum: int = 1
+    # Alternatively the tokens per optimizer step, across processes; grad_accum is derived from it.
+    global_batch_tokens: int | None = None
     lr: float = 4e-4
     min_lr: float = 0.0
     warmup_steps: int = 0
     cosine: bool = False
+    # Steps over which the cosine decays; by default the whole budget. Set it explicitly to
+    # stop a run early and resume it later on the same schedule.
+    lr_decay_steps: int | None = None
     weight_decay: float = 0.1
     grad_clip: float | None = 1.0
+    precision: str = "fp32"
+    compile: bool = False
     eval_freq: int = 5
     eval_iter: int = 5
+    log_every: int = 1
+    save_every: int | None = None
+    keep_last: int | None = None
     seed: int = 123
     device: str = "auto"
     start_context: str = "Every effort moves you"
@@ -137,17 +155,16 @@ class TrainConfig:
     stride: int | None = None
 
     def __post_init__(self):
-        positive = ("batch_size", "epochs", "eval_freq", "eval_iter")
-        for name in positive:
+        for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("context_length", "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
+                     "save_every", "keep_last", "global_batch_tokens"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "sample_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GptrainError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
-        for name in ("context_length", "stride"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise GptrainError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
-        if self.warmup_steps < 0 or self.sample_tokens < 0:
-            raise GptrainError("--warmup-steps and --sample-tokens must not be negative")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise GptrainError(f"{_flag(name)} must be a non-negative integer, not {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise GptrainError(f"--lr must be a positive number, not {self.lr!r}")
         if not 0 <= self.min_lr <= self.lr:
@@ -155,11 +172,15 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise GptrainError(f"--weight-decay must not be negative, not {self.weight_decay!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise GptrainError(f"--grad-clip must be positive (or omitted to disable), not {self.grad_clip!r}")
+            raise GptrainError(f"--grad-clip must be positive (or 'none' to disable), not {self.grad_clip!r}")
         if not 0.0 < self.train_ratio < 1.0:
             raise GptrainError(f"--train-ratio must be between 0 and 1, not {self.train_ratio!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise GptrainError(f"--dropout must be in [0, 1), not {self.dropout!r}")
+        if self.global_batch_tokens is not None and self.grad_accum != 1:
+            raise GptrainError("give --grad-accum or --global-batch-tokens, not both")
+        if self.precision not in PRECISIONS:
+            raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         get_preset(self.preset)
 
     def model_config(self) -> GPTConfig:
@@ -186,6 +207,15 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise GptrainError(f"{source}: {exc}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GptrainError(f"{_flag(name)} must be a positive integer, not {value!r}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

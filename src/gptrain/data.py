@@ -2,48 +2,60 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gptrain.download import cache_dir, download_file, sha256_of
 from gptrain.errors import GptrainError
-from gptrain.tokenizer import END_OF_TEXT, get_tokenizer
+from gptrain.tokenizer import END_OF_TEXT, TABLE_SHA256, get_tokenizer
+
+SHARD_FORMAT = "gptrain-shards"
+SHARD_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
 
 
-class GPTDatasetV1(Dataset):
-    """Sliding windows over a tokenized text: window ``i`` starts at ``i * stride``.
+class TokenWindows(Dataset):
+    """Windows of ``max_length`` tokens over a 1-D token array, window ``i`` starting at ``i * stride``.
 
-    Each item is ``(input_ids, target_ids)``, both of length ``max_length``, the targets being
-    the inputs shifted one token to the right. The windows are those of the book's class (the
-    last start is strictly before ``len(tokens) - max_length``); they are views into one token
-    tensor rather than one tensor per window.
+    Each item is ``(input_ids, target_ids)`` as LongTensors, the targets being the inputs
+    shifted one token to the right. The last window starts strictly before
+    ``len(tokens) - max_length``, as in the book. ``tokens`` may be a ``np.memmap``: only the
+    windows asked for are read.
     """
 
-    def __init__(self, txt: str, tokenizer: tiktoken.Encoding, max_length: int, stride: int):
+    def __init__(self, tokens: np.ndarray, max_length: int, stride: int):
         if max_length < 1 or stride < 1:
             raise GptrainError(f"max_length and stride must be positive, not {max_length} and {stride}")
-        token_ids = tokenizer.encode(txt, allowed_special={END_OF_TEXT})
-        if len(token_ids) < max_length + 1:
+        if len(tokens) < max_length + 1:
             raise GptrainError(
-                f"the text has {len(token_ids):,} tokens, fewer than one window of {max_length} plus one token: "
+                f"the text has {len(tokens):,} tokens, fewer than one window of {max_length} plus one token: "
                 "give more text or a smaller context length"
             )
-        self.token_ids = torch.tensor(token_ids, dtype=torch.long)
+        self.tokens = tokens
         self.max_length = max_length
-        self.starts = range(0, len(token_ids) - max_length, stride)
+        self.starts = range(0, len(tokens) - max_length, stride)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.starts[idx]
-        return (self.token_ids[start:start + self.max_length],
-                self.token_ids[start + 1:start + self.max_length + 1])
+        window = torch.from_numpy(self.tokens[start:start + self.max_length + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class GPTDatasetV1(TokenWindows):
+    """The book's dataset: tokenize ``txt`` and cut it into (overlapping if stride < max_length) windows."""
+
+    def __init__(self, txt: str, tokenizer: tiktoken.Encoding, max_length: int, stride: int):
+        token_ids = tokenizer.encode(txt, allowed_special={END_OF_TEXT})
+        super().__init__(np.array(token_ids, dtype=np.uint16), max_length, stride)
 
 
 def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, stride: int = 128,
@@ -144,3 +156,47 @@ def load_corpus(source: str | Path) -> str:
     if not text.strip():
         raise GptrainError(f"the corpus {path} is empty: give it some text")
     return text
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A folder made by ``gptrain prepare``: token files read through ``np.memmap``."""
+
+    path: Path
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+
+
+def is_shard_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "meta.json").is_file()
+
+
+def open_shards(path: str | Path) -> Shards:
+    """Open a prepared folder, checking its tokenizer and that no file is truncated."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptrainError(f"{path / 'meta.json'} cannot be read ({exc}): run gptrain prepare again") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        raise GptrainError(f"{path / 'meta.json'} was not written by gptrain prepare: run gptrain prepare on the text")
+    made_with = (meta.get("tokenizer") or {}).get("sha256")
+    if made_with != TABLE_SHA256:
+        raise GptrainError(
+            f"{path} was tokenized with another tokenizer (sha256 {str(made_with)[:12]}…, ours {TABLE_SHA256[:12]}…): "
+            "run gptrain prepare on the text again"
+        )
+    arrays = {}
+    for split in ("train", "val"):
+        file = path / f"{split}.bin"
+        expected = meta.get(f"{split}_tokens", 0)
+        size = file.stat().st_size if file.exists() else -1
+        if size != expected * np.dtype(SHARD_DTYPE).itemsize:
+            raise GptrainError(
+                f"{file} holds {max(size, 0):,} bytes but meta.json counts {expected:,} tokens: the folder is "
+                "incomplete, run gptrain prepare again"
+            )
+        arrays[split] = (np.memmap(file, dtype=SHARD_DTYPE, mode="r") if expected
+                         else np.zeros(0, dtype=SHARD_DTYPE))
+    return Shards(path, meta, arrays["train"], arrays["val"])

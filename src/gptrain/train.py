@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import os
+import random
+import re
+import shutil
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from gptrain.checkpoint import save_checkpoint, write_json_atomic
-from gptrain.config import TrainConfig
-from gptrain.data import create_dataloader_v1, load_corpus, split_text
+from gptrain.checkpoint import (
+    load_state_into,
+    load_training_state,
+    read_checkpoint_config,
+    read_weights,
+    save_checkpoint,
+    write_json_atomic,
+    WEIGHTS_FILE,
+)
+from gptrain.config import DEFAULT_EPOCHS, TrainConfig
+from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
-from gptrain.model import GPTModel, count_parameters
-from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.tokenizer import END_OF_TEXT, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 
 # --- The lecture's functions ---------------------------------------------------------------
@@ -103,6 +122,11 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
 
 
 # --- The configurable run ---------------------------------------------------------------------
+#
+# `train(cfg)` is a few plain functions over two objects: `run` (what does not change while
+# training: model, optimizer, data, device, process group) and `state` (what does: step, data
+# position, tokens seen, losses). A checkpoint is `state` plus the weights and optimizer, so a
+# resumed run continues bit for bit.
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
@@ -124,156 +148,596 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over ``warmup_steps``, then constant or (``cosine``) decaying to ``min_lr``."""
+    """Linear warmup over ``warmup_steps``, then constant or (``cosine``) decaying to ``min_lr``
+    over ``lr_decay_steps`` (default: the whole run)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if not cfg.cosine:
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    decay_steps = cfg.lr_decay_steps or total_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.AdamW:
     """AdamW that decays only matrices (weights, embeddings), not biases or norm parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``, flushed at once."""
+    """Appends one JSON object per line to ``metrics.jsonl``, flushed at once; only rank 0 writes."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8") if enabled else None
 
     def write(self, event: str, **fields: Any) -> None:
-        self._file.write(json.dumps({"event": event, **fields}) + "\n")
-        self._file.flush()
+        if self._file:
+            self._file.write(json.dumps({"event": event, **fields}) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file:
+            self._file.close()
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    existing = [name for name in ("metrics.jsonl", "final", "best") if (out / name).exists()]
-    if existing and not overwrite:
+# --- Processes ---
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start_processes(device_name: str) -> tuple[Processes, torch.device]:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes(), resolve_device(device_name)
+    procs = Processes(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return procs, device
+
+
+def mean_over_processes(value: float, procs: Processes, device: torch.device) -> float:
+    if not procs.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / procs.world_size
+
+
+def any_process(flag: bool, procs: Processes, device: torch.device) -> bool:
+    if not procs.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# --- Data ---
+
+def load_windows(cfg: TrainConfig, context_length: int, tokenizer) -> tuple[TokenWindows, TokenWindows]:
+    """Train and validation windows: a prepared shard folder (memmapped), or text split as the book does."""
+    if is_shard_dir(cfg.data):
+        shards = open_shards(cfg.data)
+        splits = {"train": shards.train, "val": shards.val}
+        stride = cfg.stride or context_length
+    else:
+        train_text, val_text = split_text(load_corpus(cfg.data), cfg.train_ratio)
+        encode = lambda text: np.array(tokenizer.encode(text, allowed_special={END_OF_TEXT}), dtype=np.uint16)
+        splits = {"train": encode(train_text), "val": encode(val_text)}
+        stride = cfg.stride or context_length
+    windows = []
+    for name, tokens in splits.items():
+        try:
+            windows.append(TokenWindows(tokens, context_length, stride if name == "train" else context_length))
+        except GptrainError as exc:
+            raise GptrainError(f"{cfg.data} ({name} split): {exc}") from None
+    return windows[0], windows[1]
+
+
+def epoch_order(num_windows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled window order of one epoch: a function of (seed, epoch) alone, so a resumed or
+    distributed run sees the same order without carrying sampler state."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_windows, generator=generator)
+
+
+def collate(windows: TokenWindows, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [windows[int(i)] for i in indices]
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+
+# --- Run set-up ---
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    procs: Processes
+    device: torch.device
+    model: nn.Module  # what is trained: possibly compiled and wrapped in DistributedDataParallel
+    raw_model: GPTModel  # the plain model: evaluated, sampled and saved
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_windows: TokenWindows
+    val_windows: TokenWindows
+    tokenizer: Any
+    out: Path
+    steps_per_epoch: int
+    total_steps: int
+    echo: Callable[[str], None]
+    log: MetricsLog | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.procs.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.raw_model.cfg.context_length
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def resolve_grad_accum(cfg: TrainConfig, world_size: int, context: int) -> int:
+    """The micro-batches per step that make up ``--global-batch-tokens``."""
+    per_micro_step = cfg.batch_size * context * world_size
+    if cfg.global_batch_tokens % per_micro_step:
         raise GptrainError(
-            f"{out} already holds a run ({', '.join(existing)}): choose another --out or pass --overwrite"
+            f"--global-batch-tokens {cfg.global_batch_tokens:,} is not a multiple of batch size x context x "
+            f"processes = {cfg.batch_size} x {context} x {world_size} = {per_micro_step:,}: change one of them"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    return cfg.global_batch_tokens // per_micro_step
 
 
-def sample_text(model: nn.Module, tokenizer, device, start_context: str, max_new_tokens: int) -> str:
-    idx = text_to_token_ids(start_context, tokenizer).to(device)
-    out = generate(model, idx, max_new_tokens, model.cfg.context_length)
-    return token_ids_to_text(out, tokenizer)
+def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> int:
+    """Optimizer steps in the budget: the first of --epochs, --max-steps, --max-tokens to run out."""
+    limits = []
+    if cfg.epochs is not None:
+        limits.append(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if cfg.max_tokens is not None:
+        limits.append(math.ceil(cfg.max_tokens / tokens_per_step))
+    return min(limits) if limits else DEFAULT_EPOCHS * steps_per_epoch
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, echo: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
-
-    The run directory holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
-    line per evaluation and sample), ``loss.png``, ``best/`` (lowest validation loss) and
-    ``final/``.
-    """
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
+    procs, device = start_processes(cfg.device)
     model_cfg = cfg.model_config()
+    if cfg.global_batch_tokens is not None:  # saved resolved: as the grad accum it stands for
+        cfg = dataclasses.replace(cfg, grad_accum=resolve_grad_accum(cfg, procs.world_size, model_cfg.context_length),
+                                  global_batch_tokens=None)
     tokenizer = get_tokenizer()
-    train_text, val_text = split_text(load_corpus(cfg.data), cfg.train_ratio)
-    stride = cfg.stride or model_cfg.context_length
+    train_windows, val_windows = load_windows(cfg, model_cfg.context_length, tokenizer)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
-    model = GPTModel(model_cfg).to(device)
-    loader_rng = torch.Generator().manual_seed(cfg.seed)
-    try:
-        train_loader = create_dataloader_v1(train_text, cfg.batch_size, model_cfg.context_length, stride,
-                                            shuffle=True, drop_last=True, tokenizer=tokenizer, generator=loader_rng)
-        val_loader = create_dataloader_v1(val_text, cfg.batch_size, model_cfg.context_length, stride,
-                                          shuffle=False, drop_last=False, tokenizer=tokenizer)
-    except GptrainError as exc:
-        raise GptrainError(f"{cfg.data}: {exc}") from None
-    if len(train_loader) == 0:
+    raw_model = GPTModel(model_cfg).to(device)
+    if procs.rank:
+        torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
+    model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
+    if procs.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(raw_model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
+    steps_per_epoch = len(train_windows) // global_batch
+    if steps_per_epoch == 0:
         raise GptrainError(
-            f"the training split has {len(train_loader.dataset)} window(s), fewer than one batch of "
-            f"{cfg.batch_size}: use a smaller --batch-size or --context-length, or more text"
+            f"the training split has {len(train_windows)} window(s), fewer than one batch of {global_batch} "
+            f"(batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x {procs.world_size} process(es)): "
+            "use a smaller --batch-size or --context-length, or more text"
         )
-    # Train loss is measured on fixed batches: reshuffling for evaluation would move the data order.
-    train_eval_loader = torch.utils.data.DataLoader(train_loader.dataset, batch_size=cfg.batch_size, shuffle=False)
-    optimizer = make_optimizer(model, cfg)
+    total_steps = plan_steps(cfg, steps_per_epoch, global_batch * model_cfg.context_length)
+    return Run(cfg, procs, device, model, raw_model, optimizer, scaler, train_windows, val_windows, tokenizer,
+               Path(cfg.out), steps_per_epoch, total_steps, echo)
 
-    prepare_run_dir(out, overwrite)
-    run_config = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    write_json_atomic(out / "config.json", run_config)
-    log = MetricsLog(out / "metrics.jsonl")
-    total_steps = cfg.epochs * len(train_loader)
-    echo(f"Training {count_parameters(model):,} parameters on {device} for {total_steps} steps "
-         f"({cfg.epochs} epochs x {len(train_loader)} batches of {cfg.batch_size} x {model_cfg.context_length} tokens)")
 
-    state = {"step": 0, "tokens_seen": 0, "best_val_loss": math.inf,
-             "train_losses": [], "val_losses": [], "track_tokens_seen": []}
-    progress = tqdm(total=total_steps, desc="train", unit="step", disable=None, leave=False)
+def new_state() -> dict[str, Any]:
+    return {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val_loss": math.inf,
+            "train_losses": [], "val_losses": [], "track_tokens_seen": []}
+
+
+# --- Throughput ---
+
+# Dense bf16 tensor-core peaks (FLOP/s) by GPU name; fp32 runs use TF32 at half of it.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                  "A10G": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+def flops_per_token(model: GPTModel) -> float:
+    """Training FLOPs per token: 6 per weight (forward and backward) plus attention's scores and mixing."""
+    cfg = model.cfg
+    weights = count_parameters(model) - model.pos_emb.weight.numel()
+    return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+    return None if peak is None else peak / (2 if precision == "fp32" else 1)
+
+
+# --- One step, one evaluation ---
+
+def step_batches(run: Run, state: dict[str, Any]):
+    """This process's micro-batches of the current step: a slice of the step's global batch."""
+    order = epoch_order(len(run.train_windows), run.cfg.seed, state["epoch"])
+    start = state["step_in_epoch"] * run.global_batch
+    global_indices = order[start:start + run.global_batch]
+    b, world = run.cfg.batch_size, run.procs.world_size
+    for micro in range(run.cfg.grad_accum):
+        offset = (micro * world + run.procs.rank) * b
+        yield collate(run.train_windows, global_indices[offset:offset + b])
+
+
+def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
+    """One optimizer step over the global batch; returns (mean loss, gradient norm)."""
+    lr = lr_at(state["step"], run.cfg, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=run.device)
+    micro_batches = list(step_batches(run, state))
+    for micro, (inputs, targets) in enumerate(micro_batches):
+        last = micro == len(micro_batches) - 1
+        # Gradients are all-reduced only after the last micro-batch of the step.
+        sync = contextlib.nullcontext() if last or not run.procs.distributed else run.model.no_sync()
+        with sync:
+            with run.autocast():
+                logits = run.model(inputs.to(run.device))
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(run.device).flatten())
+            run.scaler.scale(loss / len(micro_batches)).backward()
+        total += loss.detach()
+    mean_loss = mean_over_processes(total.item() / len(micro_batches), run.procs, run.device)
+    if not math.isfinite(mean_loss):
+        raise GptrainError(
+            f"the loss became {mean_loss} at step {state['step']}, so training stopped before the update; the last "
+            "checkpoint is intact: lower --lr, keep --grad-clip on, or use --precision bf16 instead of fp16"
+        )
+    run.scaler.unscale_(run.optimizer)
+    params = run.raw_model.parameters()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip) if run.cfg.grad_clip is not None
+                 else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    state["step"] += 1
+    state["step_in_epoch"] += 1
+    state["tokens_seen"] += run.tokens_per_step
+    if state["step_in_epoch"] == run.steps_per_epoch:
+        state["epoch"] += 1
+        state["step_in_epoch"] = 0
+    return mean_loss, float(grad_norm)
+
+
+@torch.no_grad()
+def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
+    """Mean loss over the first ``batches`` global batches of windows, in order.
+
+    Global batches make the figure independent of how a step is split into micro-batches and
+    processes; averaging per token equals the book's mean of batch means for full batches.
+    """
+    count = min(len(windows), batches * run.global_batch)
+    chunk = run.cfg.batch_size * run.procs.world_size
+    total = 0.0
+    for start in range(0, count, chunk):
+        inputs, targets = collate(windows, range(start, min(start + chunk, count)))
+        with run.autocast():
+            logits = run.raw_model(inputs.to(run.device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.to(run.device).flatten(),
+                                 reduction="sum").item()
+    return total / (count * windows.max_length)
+
+
+def evaluate(run: Run) -> tuple[float, float]:
+    run.raw_model.eval()
     try:
-        for epoch in range(cfg.epochs):
-            model.train()
-            for input_batch, target_batch in train_loader:
-                lr = lr_at(state["step"], cfg, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
-                if not torch.isfinite(loss):
-                    raise GptrainError(
-                        f"the loss became {loss.item()} at step {state['step']}: lower --lr or keep --grad-clip on"
-                    )
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                state["tokens_seen"] += input_batch.numel()
-                global_step = state["step"]  # the book's numbering: 0 is the first update
-                state["step"] += 1
+        return (windows_loss(run, run.train_windows, run.cfg.eval_iter),
+                windows_loss(run, run.val_windows, run.cfg.eval_iter))
+    finally:
+        run.raw_model.train()
+
+
+def sample_text(model: nn.Module, tokenizer, device, start_context: str, max_new_tokens: int) -> str:
+    model = unwrap_model(model)
+    idx = text_to_token_ids(start_context, tokenizer).to(device)
+    return token_ids_to_text(generate(model, idx, max_new_tokens, model.cfg.context_length), tokenizer)
+
+
+# --- Checkpoints and resume ---
+
+CHECKPOINTS_DIR = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(saved: dict[str, Any]) -> None:
+    random.setstate((saved["python"][0], tuple(saved["python"][1]), saved["python"][2]))
+    name, keys, *rest = saved["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_training_state: bool = True) -> None:
+    """Called by every process (the RNG states are gathered); rank 0 writes."""
+    rng = [rng_state()]
+    if run.procs.distributed and with_training_state:
+        rng = [None] * run.procs.world_size
+        dist.all_gather_object(rng, rng_state())
+    if not run.procs.is_main:
+        return
+    training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch}
+    if not with_training_state:
+        training_state = {k: state[k] for k in ("step", "tokens_seen")}
+    save_checkpoint(run.raw_model, path, run.optimizer if with_training_state else None,
+                    train_config=run.cfg.to_dict(), training_state=training_state)
+
+
+def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in a run directory that has all its files, oldest first."""
+    found = []
+    candidates = [p for p in (out / CHECKPOINTS_DIR).glob("step-*") if STEP_DIR.match(p.name)] + [out / "final"]
+    for path in candidates:
+        if all((path / name).is_file() for name in (WEIGHTS_FILE, "config.json", "training_state.pt")):
+            try:
+                step = read_checkpoint_config(path).get("step")
+            except GptrainError:
+                continue
+            if isinstance(step, int):
+                found.append((step, path))
+    return sorted(found)
+
+
+def prune_checkpoints(out: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    steps = sorted((int(m.group(1)), p) for p in (out / CHECKPOINTS_DIR).glob("step-*") if (m := STEP_DIR.match(p.name)))
+    for _, path in steps[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+RESUME_MUST_MATCH = ("data", "preset", "context_length", "seed", "stride", "train_ratio")
+
+
+def restore(run: Run, state: dict[str, Any], path: Path) -> None:
+    saved_cfg = read_checkpoint_config(path).get("train") or {}
+    for name in RESUME_MUST_MATCH:
+        if name in saved_cfg and saved_cfg[name] != getattr(run.cfg, name):
+            raise GptrainError(
+                f"cannot resume {path} with --{name.replace('_', '-')} {getattr(run.cfg, name)!r}: it was trained "
+                f"with {saved_cfg[name]!r}; keep the setting, or start a new run with another --out"
+            )
+    saved = load_training_state(path, map_location="cpu")
+    if saved["global_batch"] != run.global_batch:
+        raise GptrainError(
+            f"cannot resume {path} with a global batch of {run.global_batch} sequences: it was trained with "
+            f"{saved['global_batch']}; keep batch size x grad accum x processes the same"
+        )
+    load_state_into_live_model(run.raw_model, path)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scaler.load_state_dict(saved["scaler"])
+    for key in new_state():
+        state[key] = saved[key]
+    rngs = saved["rng"]
+    set_rng_state(rngs[run.procs.rank] if len(rngs) == run.procs.world_size else rngs[0])
+
+
+def load_state_into_live_model(model: GPTModel, path: Path) -> None:
+    weights = read_weights(path / WEIGHTS_FILE, "cpu")
+    with torch.no_grad():
+        for name, tensor in unwrap_model(model).state_dict().items():
+            if name in weights:
+                tensor.copy_(weights[name])
+            elif not (name == "out_head.weight" and model.cfg.tie_embeddings):
+                raise GptrainError(f"{path / WEIGHTS_FILE} lacks {name}: resume from another checkpoint")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", -1) < step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+# --- Stopping on a signal ---
+
+class StopOnSignal:
+    """SIGTERM or SIGINT asks the run to finish its current step, save and exit; a second SIGINT
+    interrupts at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --- The loop ---
+
+def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    existing = [name for name in ("metrics.jsonl", "final", "best", CHECKPOINTS_DIR) if (out / name).exists()]
+    if existing and not (overwrite or resume):
+        raise GptrainError(
+            f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out"
+        )
+    if overwrite and not resume:
+        for name in existing:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: float) -> None:
+    train_loss, val_loss = evaluate(run)
+    state["train_losses"].append(train_loss)
+    state["val_losses"].append(val_loss)
+    state["track_tokens_seen"].append(state["tokens_seen"])
+    run.log.write("eval", step=global_step, epoch=state["epoch"] + (state["step_in_epoch"] > 0),
+                  tokens_seen=state["tokens_seen"], train_loss=train_loss, val_loss=val_loss,
+                  lr=run.optimizer.param_groups[0]["lr"], elapsed_s=round(time.perf_counter() - started, 3))
+    epoch_label = state["epoch"] + (state["step_in_epoch"] > 0)
+    run.echo(f"Ep {epoch_label} (Step {global_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+    if val_loss < state["best_val_loss"]:
+        state["best_val_loss"] = val_loss
+        save_checkpoint(run.raw_model, run.out / "best", train_config=run.cfg.to_dict(),
+                        training_state={"step": state["step"], "tokens_seen": state["tokens_seen"], "val_loss": val_loss})
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          echo: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
+
+    The run directory holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
+    JSON line per step, evaluation and sample), ``loss.png``, ``best/`` (weights with the lowest
+    validation loss), ``final/`` and, with ``save_every``, ``checkpoints/step-N/``. With
+    ``resume`` it continues from the latest complete checkpoint there. Under torchrun only rank
+    0 logs, samples and saves.
+    """
+    started = time.perf_counter()
+    run = build_run(cfg, echo if os.environ.get("RANK", "0") == "0" else (lambda line: None))
+    main = run.procs.is_main
+    state = new_state()
+    if main:
+        prepare_run_dir(run.out, overwrite, resume)
+    if resume:
+        checkpoints = complete_checkpoints(run.out)
+        if not checkpoints:
+            raise GptrainError(f"{run.out} holds no complete checkpoint to resume from: train without --resume")
+        step, path = checkpoints[-1]
+        restore(run, state, path)
+        if main:
+            truncate_metrics(run.out / "metrics.jsonl", step)
+        run.echo(f"Resuming from {path} (step {step}, {state['tokens_seen']:,} tokens seen)")
+    if main:
+        write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": cfg.to_dict()})
+    run.log = MetricsLog(run.out / "metrics.jsonl", enabled=main)
+    if run.procs.distributed:
+        dist.barrier()  # the run directory exists before any process goes on
+    ctx = run.raw_model.cfg.context_length
+    run.echo(f"Training {count_parameters(run.raw_model):,} parameters on {run.device} for {run.total_steps} steps "
+             f"({run.steps_per_epoch} per epoch); global batch {run.global_batch} sequences = "
+             f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {ctx} per micro-batch, "
+             f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
+
+    stopped_by = None
+    progress = tqdm(total=run.total_steps, initial=state["step"], desc="train", unit="step",
+                    disable=None if main else True, leave=False)
+    last_log = (time.perf_counter(), state["tokens_seen"])
+    peak = peak_flops(run.device, cfg.precision)
+    try:
+        with StopOnSignal() as stop:
+            run.raw_model.train()
+            while state["step"] < run.total_steps:
+                epoch_before = state["epoch"]
+                loss, grad_norm = train_step(run, state)
+                global_step = state["step"] - 1  # the book's numbering: 0 is the first update
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                if global_step % cfg.eval_freq == 0:
-                    train_loss, val_loss = evaluate_model(model, train_eval_loader, val_loader, device, cfg.eval_iter)
-                    state["train_losses"].append(train_loss)
-                    state["val_losses"].append(val_loss)
-                    state["track_tokens_seen"].append(state["tokens_seen"])
-                    elapsed = time.perf_counter() - started
-                    log.write("eval", step=global_step, epoch=epoch + 1, tokens_seen=state["tokens_seen"],
-                              train_loss=train_loss, val_loss=val_loss, lr=lr, elapsed_s=round(elapsed, 3))
-                    echo(f"Ep {epoch + 1} (Step {global_step:06d}): "
-                         f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-                    if val_loss < state["best_val_loss"]:
-                        state["best_val_loss"] = val_loss
-                        save_checkpoint(model, out / "best", train_config=cfg.to_dict(),
-                                        training_state={"step": state["step"], "tokens_seen": state["tokens_seen"],
-                                                        "val_loss": val_loss})
-            sample = sample_text(model, tokenizer, device, cfg.start_context, cfg.sample_tokens)
-            log.write("sample", step=state["step"] - 1, epoch=epoch + 1, text=sample)
-            echo(sample.replace("\n", " "))
+                progress.set_postfix(loss=f"{loss:.3f}")
+                if main and state["step"] % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    rate = (state["tokens_seen"] - last_log[1]) / max(now - last_log[0], 1e-9)
+                    last_log = (now, state["tokens_seen"])
+                    mfu = rate * flops_per_token(run.raw_model) / (peak * run.procs.world_size) if peak else None
+                    run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
+                                  grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
+                                  mfu=None if mfu is None else round(mfu, 4))
+                if main and global_step % cfg.eval_freq == 0:
+                    log_evaluation(run, state, global_step, started)
+                if main and state["epoch"] > epoch_before and cfg.sample_tokens:
+                    sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context,
+                                         cfg.sample_tokens)
+                    run.log.write("sample", step=global_step, epoch=state["epoch"], text=sample)
+                    run.echo(sample.replace("\n", " "))
+                stopped_by = stop.received
+                if any_process(stopped_by is not None, run.procs, run.device):
+                    stopped_by = stopped_by or "a signal to another process"
+                    break
+                if cfg.save_every and state["step"] % cfg.save_every == 0:
+                    save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
+                    if main:
+                        prune_checkpoints(run.out, cfg.keep_last)
+            if stopped_by:
+                path = run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}"
+                save_run_checkpoint(run, state, path)
+                run.echo(f"Stopped by {stopped_by} after step {state['step']}: saved {path}; "
+                         f"continue with --resume --out {run.out}")
+            else:
+                save_run_checkpoint(run, state, run.out / "final")
     finally:
         progress.close()
-        log.close()
+        run.log.close()
+        if run.procs.distributed and dist.is_initialized():
+            dist.destroy_process_group()
 
-    save_checkpoint(model, out / "final", optimizer, train_config=cfg.to_dict(),
-                    training_state={"step": state["step"], "tokens_seen": state["tokens_seen"]})
-    if state["train_losses"]:
-        epochs_seen = torch.linspace(0, cfg.epochs, len(state["train_losses"])).tolist()
+    if main and state["train_losses"]:
+        epochs_seen = [t / (run.steps_per_epoch * run.tokens_per_step) for t in state["track_tokens_seen"]]
         plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
-                    out / "loss.png")
+                    run.out / "loss.png")
     wall = time.perf_counter() - started
-    echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
-         f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {out}/final and {out}/best")
-    return {"run_dir": str(out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
+    if not stopped_by and state["train_losses"]:
+        run.echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
+                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best")
+    return {"run_dir": str(run.out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
             "train_losses": state["train_losses"], "val_losses": state["val_losses"],
-            "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall}
+            "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall, "stopped_by": stopped_by}

@@ -1,0 +1,295 @@
+"""Corpus to shards: tokenize text files and JSON lines into ``train.bin`` / ``val.bin``.
+
+The corpus is streamed: files are read in blocks, tokenized in worker processes a few blocks
+at a time, and written in order, so memory does not grow with the corpus. Every document
+ends with ``<|endoftext|>``. Documents go to the validation split by a seeded hash of their
+position, so the split is by document and the same every time. The output directory is
+built under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from gptrain.checkpoint import replace_dir, write_json_atomic
+from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
+from gptrain.errors import GptrainError
+from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
+
+TEXT_SUFFIXES = {".txt", ".md"}
+JSONL_SUFFIX = ".jsonl"
+BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
+
+
+@dataclass
+class Piece:
+    """Part of a document; ``last`` marks its end, where ``<|endoftext|>`` goes."""
+
+    text: str
+    val: bool
+    last: bool
+
+
+@dataclass
+class Stats:
+    documents: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    skipped_lines: int = 0
+    first_skipped: str | None = None
+    bytes_read: int = 0
+
+
+def find_inputs(inputs: list[str]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a sorted list of corpus files."""
+    found: list[Path] = []
+    for item in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        if not matches:
+            raise GptrainError(f"the pattern {item} matches no files: check it (quote it to stop the shell expanding it)")
+        for path in matches:
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*")
+                               if p.is_file() and p.suffix in TEXT_SUFFIXES | {JSONL_SUFFIX})
+                if not files:
+                    raise GptrainError(f"folder {path} holds no .txt, .md or .jsonl files: point gptrain prepare at text")
+                found.extend(files)
+            elif path.is_file():
+                if path.suffix not in TEXT_SUFFIXES | {JSONL_SUFFIX}:
+                    raise GptrainError(f"{path} is not a .txt, .md or .jsonl file: convert it, or leave it out")
+                found.append(path)
+            else:
+                raise GptrainError(f"input {path} does not exist: check the path")
+    return list(dict.fromkeys(found))
+
+
+def goes_to_val(ordinal: int, val_fraction: float, seed: int) -> bool:
+    digest = hashlib.blake2b(f"{seed}/{ordinal}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+def split_point(text: str) -> int:
+    """The last index where the text can be cut without changing its tokens, or -1.
+
+    GPT-2's pre-tokenizer never joins a single newline to the word after it when the newline
+    follows a non-space, and a run of whitespace at the end of a string is one piece whether
+    or not more text follows only if it is that single newline. So a cut right after such a
+    newline, before a non-space, tokenizes exactly as the whole text does.
+    """
+    i = text.rfind("\n", 0, len(text) - 1)
+    while i > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", 0, i)
+    return -1
+
+
+def read_text_document(path: Path, stats: Stats) -> Iterator[str]:
+    """The text of one file, in blocks of about BLOCK_CHARS cut where tokenization allows."""
+    carry = ""
+    with open(path, encoding="utf-8", errors="strict") as f:
+        while True:
+            try:
+                block = f.read(BLOCK_CHARS)
+            except UnicodeDecodeError as exc:
+                raise GptrainError(f"{path} is not UTF-8 text ({exc.reason} near byte {exc.start}): "
+                                   "convert it to UTF-8 or leave it out") from None
+            stats.bytes_read += len(block.encode("utf-8", errors="surrogatepass"))
+            if not block:
+                break
+            carry += block
+            cut = split_point(carry)
+            if cut > 0:
+                yield carry[:cut]
+                carry = carry[cut:]
+    if carry:
+        yield carry
+
+
+def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            stats.bytes_read += len(raw)
+            if not raw.strip():
+                continue
+            problem = None
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                problem = "is not JSON"
+            else:
+                if not isinstance(record, dict) or text_field not in record:
+                    problem = f"has no {text_field!r} field"
+                elif not isinstance(record[text_field], str):
+                    problem = f"has a {text_field!r} field that is not a string"
+            if problem:
+                where = f"{path}:{line_number}"
+                if strict:
+                    raise GptrainError(f"line {where} {problem}: fix it, or drop --strict to skip such lines")
+                stats.skipped_lines += 1
+                stats.first_skipped = stats.first_skipped or f"{where} {problem}"
+                continue
+            yield record[text_field]
+
+
+def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: float, seed: int,
+                stats: Stats) -> Iterator[Piece]:
+    ordinal = 0
+    for path in paths:
+        if path.suffix == JSONL_SUFFIX:
+            documents = ([doc] for doc in read_jsonl_documents(path, text_field, strict, stats))
+        else:
+            documents = iter([read_text_document(path, stats)])
+        for blocks in documents:
+            val = goes_to_val(ordinal, val_fraction, seed)
+            ordinal += 1
+            previous = None
+            for block in blocks:
+                if previous is not None:
+                    yield Piece(previous, val, last=False)
+                previous = block
+            if previous is None:  # an empty document contributes nothing, not even a separator
+                continue
+            yield Piece(previous, val, last=True)
+            stats.documents["val" if val else "train"] += 1
+
+
+def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
+    """Group small documents so each work item carries about BLOCK_CHARS of text."""
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece.text)
+        if size >= BLOCK_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def encode_batch(batch: list[Piece]) -> list[tuple[bool, bytes]]:
+    tokenizer = get_tokenizer()
+    out = []
+    for piece in batch:
+        ids = tokenizer.encode_ordinary(piece.text)
+        if piece.last:
+            ids.append(END_OF_TEXT_ID)
+        out.append((piece.val, np.array(ids, dtype=SHARD_DTYPE).tobytes()))
+    return out
+
+
+def ordered_map(func, items: Iterator, workers: int) -> Iterator:
+    """``map`` over worker processes, in order, with only a few items in flight at a time.
+
+    ``Pool.imap`` would read the whole input ahead into its task queue; this keeps memory
+    bounded by ``2 * workers`` items.
+    """
+    if workers <= 1:
+        yield from map(func, items)
+        return
+    get_tokenizer()  # build it once here; forked workers inherit it
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.apply_async(func, (item,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, text_field: str = "text",
+            strict: bool = False, workers: int | None = None, seed: int = 123,
+            overwrite: bool = False) -> dict:
+    """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise GptrainError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not ((out / "meta.json").exists() and overwrite):
+        hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
+        raise GptrainError(f"{out} is not empty: {hint}")
+    paths = find_inputs(inputs)
+    workers = workers or os.cpu_count() or 1
+    stats = Stats()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    counts = {"train": 0, "val": 0}
+    started = time.perf_counter()
+    try:
+        total_bytes = sum(p.stat().st_size for p in paths)
+        with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file, tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None
+        ) as progress:
+            pieces = iter_pieces(paths, text_field, strict, val_fraction, seed, stats)
+            for encoded in ordered_map(encode_batch, batch_pieces(pieces), workers):
+                for val, data in encoded:
+                    (val_file if val else train_file).write(data)
+                    counts["val" if val else "train"] += len(data) // SHARD_DTYPE().itemsize
+                progress.update(stats.bytes_read - progress.n)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix(tokens=f"{sum(counts.values()):,}", tok_s=f"{sum(counts.values()) / elapsed:,.0f}")
+        if counts["train"] == 0 and counts["val"] == 0:
+            raise GptrainError("the inputs hold no text: give files with some content")
+        split = "document"
+        if val_fraction > 0 and (counts["val"] == 0 or counts["train"] == 0):
+            # Too few documents to split by document: validate on the last tokens, as the book does.
+            counts = tail_split(tmp, counts, val_fraction)
+            split = "tail"
+        elapsed = time.perf_counter() - started
+        meta = {
+            "format": SHARD_FORMAT,
+            "format_version": 1,
+            "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
+            "dtype": np.dtype(SHARD_DTYPE).name,
+            "vocab_size": VOCAB_SIZE,
+            "eot_token": END_OF_TEXT_ID,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "documents": stats.documents,
+            "val_fraction": val_fraction,
+            "split": split,
+            "seed": seed,
+            "skipped_lines": stats.skipped_lines,
+            "first_skipped": stats.first_skipped,
+            "sources": [str(p) for p in paths],
+            "seconds": round(elapsed, 3),
+            "tokens_per_second": round(sum(counts.values()) / max(elapsed, 1e-9)),
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+        for name in ("train.bin", "val.bin"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def tail_split(folder: Path, counts: dict[str, int], val_fraction: float) -> dict[str, int]:
+    """Move the last ``val_fraction`` of the tokens into val.bin, streaming, when the documents
+    were too few to split (all of them landed in one file)."""
+    train_path, val_path = folder / "train.bin", folder / "val.bin"
+    if counts["train"] == 0:
+        os.replace(val_path, train_path)
+    total = counts["train"] + counts["val"]
+    cut = total - max(1, int(total * val_fraction))
+    itemsize = np.dtype(SHARD_DTYPE).itemsize
+    with open(train_path, "r+b") as source, open(val_path, "wb") as target:
+        source.seek(cut * itemsize)
+        shutil.copyfileobj(source, target, 1 << 24)
+        source.truncate(cut * itemsize)
+    return {"train": cut, "val": total - cut}
