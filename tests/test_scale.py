@@ -229,3 +229,86 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(shards, 
     assert not list((out / "checkpoints").glob(".step-*"))
     after = weights(out / "checkpoints", "step-0000002")
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_tracks_fp32(shards, tmp_path, precision):
+    base = train(run_cfg(shards, tmp_path / "fp32", max_steps=6, dropout=0.0), echo=quiet)
+    mixed = train(run_cfg(shards, tmp_path / precision, max_steps=6, dropout=0.0, precision=precision), echo=quiet)
+    assert mixed["train_losses"] == pytest.approx(base["train_losses"], abs=0.02)
+    assert load_checkpoint(tmp_path / precision).tok_emb.weight.dtype == torch.float32
+
+
+def test_compiled_model_trains_and_saves_plain_names(shards, tmp_path):
+    eager = train(run_cfg(shards, tmp_path / "eager", max_steps=4, dropout=0.0), echo=quiet)
+    compiled = train(run_cfg(shards, tmp_path / "compiled", max_steps=4, dropout=0.0, compile=True), echo=quiet)
+    assert compiled["train_losses"] == pytest.approx(eager["train_losses"], abs=1e-3)
+    from safetensors import safe_open
+    with safe_open(tmp_path / "compiled" / "final" / "model.safetensors", "pt") as f:
+        assert not any(key.startswith("_orig_mod") for key in f.keys())
+
+
+def test_shard_bad_inputs(shards, tmp_path):
+    import shutil
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(shards, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["tokenizer"]["sha256"] = "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="tokenized with another tokenizer"):
+        train(run_cfg(other, tmp_path / "a"), echo=quiet)
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(shards, truncated)
+    with open(truncated / "train.bin", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match="incomplete, run gptrain prepare again"):
+        train(run_cfg(truncated, tmp_path / "b"), echo=quiet)
+
+    with pytest.raises(ValueError, match=r"val split\): the text has \d+ tokens, fewer than one window of 4096"):
+        train(run_cfg(shards, tmp_path / "c", context_length=4096), echo=quiet)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grad-accum", "0"], "--grad-accum must be a positive integer"),
+    (["--global-batch-tokens", "100"], "--global-batch-tokens 100 is not a multiple of batch size x context x "
+                                       "processes = 2 x 32 x 1 = 64"),
+    (["--grad-accum", "2", "--global-batch-tokens", "128"], "give --grad-accum or --global-batch-tokens, not both"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["--max-steps", "-3"], "--max-steps must be a positive integer"),
+])
+def test_bad_training_flags(shards, tmp_path, args, message):
+    result = cli(*cli_args(shards, tmp_path / "run", "--batch-size", "2", *args))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_sigint_also_saves_and_exits_0(shards, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gptrain", *cli_args(shards, tmp_path / "run", "--max-steps", "400")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert wait_for(lambda: train_lines(tmp_path / "run") >= 2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Stopped by SIGINT" in out
+    assert complete_checkpoints(tmp_path / "run")
+
+
+def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(shards, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptrain",
+         *cli_args(shards, out, "--batch-size", "2", "--max-steps", "2000")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert wait_for(lambda: train_lines(out) >= 3)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    stdout, stderr = proc.communicate(timeout=120)
+    assert stdout.count("Stopped by SIGTERM") == 1, stdout + stderr[-2000:]
+    assert "ChildFailedError" not in stderr  # the workers exited 0
+    step, path = complete_checkpoints(out)[-1]
+    assert path.name == f"step-{step:07d}" and step >= 3
+    resumed = cli(*cli_args(shards, out, "--batch-size", "4", "--max-steps", str(step + 2)), "--resume")
+    assert resumed.returncode == 0, resumed.stderr  # one process with the same global batch continues it

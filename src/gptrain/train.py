@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -644,8 +645,15 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
                         training_state={"step": state["step"], "tokens_seen": state["tokens_seen"], "val_loss": val_loss})
 
 
+def print_line(line: str) -> None:
+    """Print above the progress bar and flush: logs go to files under schedulers and torchrun, and a
+    stopped process must not lose its last lines."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
-          echo: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
+          echo: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
 
     The run directory holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
