@@ -34,7 +34,7 @@ def shards(tmp_path_factory, verdict_text):
 def run_cfg(shards, out, **overrides) -> TrainConfig:
     settings = dict(data=str(shards), out=str(out), preset="tiny", context_length=32, batch_size=4,
                     max_steps=12, eval_freq=4, eval_iter=2, device="cpu", sample_tokens=0, lr=2e-3,
-                    warmup_steps=3, cosine=True, min_lr=1e-4, dropout=0.1)
+                    warmup_steps=3, cosine=True, min_lr=1e-4, dropout=0.1, precision="fp32")
     return TrainConfig(**(settings | overrides))
 
 
@@ -131,7 +131,7 @@ def cli(*args, env=None, **kwargs):
 def cli_args(shards, out, *extra):
     return ["train", "--data", str(shards), "--out", str(out), "--preset", "tiny", "--context-length", "32",
             "--eval-freq", "4", "--eval-iter", "2", "--device", "cpu", "--sample-tokens", "0", "--lr", "2e-3",
-            "--dropout", "0", *extra]
+            "--dropout", "0", "--precision", "fp32", *extra]
 
 
 def test_torchrun_two_processes_equal_one(shards, tmp_path):

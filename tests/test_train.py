@@ -11,7 +11,8 @@ from gptrain.train import lr_at, make_optimizer
 
 def tiny_run(tmp_path, verdict_path, **overrides) -> TrainConfig:
     settings = dict(data=str(verdict_path), out=str(tmp_path / "run"), preset="tiny", context_length=32,
-                    batch_size=4, epochs=2, eval_freq=5, eval_iter=2, device="cpu", sample_tokens=5, lr=1e-3)
+                    batch_size=4, epochs=2, eval_freq=5, eval_iter=2, device="cpu", sample_tokens=5, lr=1e-3,
+                    precision="fp32")
     return TrainConfig(**(settings | overrides))
 
 
@@ -109,3 +110,10 @@ def test_batch_larger_than_the_split(tmp_path, verdict_path):
 def test_bad_settings(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_auto_precision_is_saved_resolved(tmp_path, verdict_path):
+    from gptrain.train import cpu_has_native_bf16
+    train(tiny_run(tmp_path, verdict_path, epochs=1, precision="auto"), echo=lambda line: None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
+    assert saved == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -55,8 +55,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--lr-decay-steps", type=int, default=s, help="length of the cosine decay [the whole budget]")
     p.add_argument("--weight-decay", type=float, default=s, help="AdamW weight decay on matrices [0.1]")
     p.add_argument("--grad-clip", type=_optional_float, default=s, help="max gradient norm, 'none' disables [1.0]")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=s,
-                   help="autocast precision (fp16 uses a gradient scaler) [fp32]")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=s,
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16, else fp32 "
+                        "(fp16 uses a gradient scaler) [auto]")
     p.add_argument("--compile", action="store_true", default=s, help="compile the model with torch.compile")
     p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")

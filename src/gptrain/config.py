@@ -110,7 +110,7 @@ def as_model_config(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTConfig:
     raise GptrainError(f"a model config must be a GPTConfig, a dict or a preset name, not {type(cfg).__name__}")
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_EPOCHS = 10  # the lecture's budget, used when no --epochs, --max-steps or --max-tokens is given
 
 
@@ -140,7 +140,8 @@ class TrainConfig:
     lr_decay_steps: int | None = None
     weight_decay: float = 0.1
     grad_clip: float | None = 1.0
-    precision: str = "fp32"
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 instructions, fp32 elsewhere.
+    precision: str = "auto"
     compile: bool = False
     eval_freq: int = 5
     eval_iter: int = 5

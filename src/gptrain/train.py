@@ -148,6 +148,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX-512 BF16 or AMX: there bf16 matrix products run at 2x or more the
+    fp32 rate; elsewhere bf16 autocast is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Linear warmup over ``warmup_steps``, then constant or (``cosine``) decaying to ``min_lr``
     over ``lr_decay_steps`` (default: the whole run)."""
@@ -161,11 +181,15 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.AdamW:
-    """AdamW that decays only matrices (weights, embeddings), not biases or norm parameters."""
+    """AdamW that decays only matrices (weights, embeddings), not biases or norm parameters.
+
+    The fused kernel updates each tensor in one pass: on a 2-core CPU it is 7x faster than the
+    default multi-tensor version for the 124M model (66 ms against 457 ms a step).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device is not None and device.type == "cuda"
+    fused = device is None or device.type in {"cpu", "cuda"}
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
@@ -329,7 +353,9 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> 
 def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     procs, device = start_processes(cfg.device)
     model_cfg = cfg.model_config()
-    if cfg.global_batch_tokens is not None:  # saved resolved: as the grad accum it stands for
+    # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    if cfg.global_batch_tokens is not None:
         cfg = dataclasses.replace(cfg, grad_accum=resolve_grad_accum(cfg, procs.world_size, model_cfg.context_length),
                                   global_batch_tokens=None)
     tokenizer = get_tokenizer()
@@ -375,9 +401,10 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
 
 
 def flops_per_token(model: GPTModel) -> float:
-    """Training FLOPs per token: 6 per weight (forward and backward) plus attention's scores and mixing."""
+    """Training FLOPs per token: 6 per matrix weight (2 forward, 4 backward) plus attention's scores
+    and mixing. Embeddings are lookups, not products; the output head is a product, tied or not."""
     cfg = model.cfg
-    weights = count_parameters(model) - model.pos_emb.weight.numel()
+    weights = sum(p.numel() for p in model.trf_blocks.parameters()) + model.out_head.weight.numel()
     return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
 
 
@@ -402,6 +429,21 @@ def step_batches(run: Run, state: dict[str, Any]):
         yield collate(run.train_windows, global_indices[offset:offset + b])
 
 
+def forward_backward(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast,
+                     loss_scale: float = 1.0, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward pass, cross-entropy and backward pass of one micro-batch; returns the detached loss.
+
+    ``autocast`` is a callable giving the precision context; ``loss_scale`` weighs a micro-batch's
+    share of an accumulated step.
+    """
+    with autocast():
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    scaled = loss * loss_scale
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss.detach()
+
+
 def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
     """One optimizer step over the global batch; returns (mean loss, gradient norm)."""
     lr = lr_at(state["step"], run.cfg, run.total_steps)
@@ -415,11 +457,8 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
         # Gradients are all-reduced only after the last micro-batch of the step.
         sync = contextlib.nullcontext() if last or not run.procs.distributed else run.model.no_sync()
         with sync:
-            with run.autocast():
-                logits = run.model(inputs.to(run.device))
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(run.device).flatten())
-            run.scaler.scale(loss / len(micro_batches)).backward()
-        total += loss.detach()
+            total += forward_backward(run.model, inputs.to(run.device), targets.to(run.device), run.autocast,
+                                      1.0 / len(micro_batches), run.scaler)
     mean_loss = mean_over_processes(total.item() / len(micro_batches), run.procs, run.device)
     if not math.isfinite(mean_loss):
         raise GptrainError(
@@ -664,6 +703,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     """
     started = time.perf_counter()
     run = build_run(cfg, echo if os.environ.get("RANK", "0") == "0" else (lambda line: None))
+    cfg = run.cfg  # resolved
     main = run.procs.is_main
     state = new_state()
     if main:

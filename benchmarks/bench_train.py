@@ -1,0 +1,151 @@
+"""Training-step speed: gptrain against the book's GPTModel and HF GPT2LMHeadModel, side by side.
+
+One process, the same initial weights copied into every model, the same batches, and
+alternating timed runs (each round times every implementation once, in turn), so drifts in
+machine load hit all of them alike. A step is: zero the gradients, forward, cross-entropy,
+backward, AdamW update (lr 4e-4, weight decay 0.1). gptrain runs its own training step
+(`gptrain.train.forward_backward` and its optimizer set-up), the others the book's loop.
+
+    python benchmarks/bench_train.py                       # the lecture's step: 124M, context 256, batch 2
+    python benchmarks/bench_train.py --precision bf16
+    python benchmarks/bench_train.py --device cuda --context 1024 --batch 16 --precision bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import book_model_from, hf_model_from, machine_description, matmul_peak  # noqa: E402
+
+from gptrain import TrainConfig, get_preset  # noqa: E402
+from gptrain.model import GPTModel  # noqa: E402
+from gptrain.train import flops_per_token, forward_backward, make_optimizer  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def book_step(model, optimizer, inputs, targets, autocast):
+    optimizer.zero_grad()
+    with autocast():
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def hf_step(model, optimizer, inputs, targets, autocast):
+    optimizer.zero_grad()
+    with autocast():
+        logits = model(inputs).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def gptrain_step(model, optimizer, inputs, targets, autocast):
+    optimizer.zero_grad(set_to_none=True)
+    loss = forward_backward(model, inputs, targets, autocast)
+    optimizer.step()
+    return loss
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="124M")
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of every implementation")
+    parser.add_argument("--impl", nargs="+", default=["gptrain", "book", "hf"], choices=["gptrain", "book", "hf"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    cfg = get_preset(args.preset).replace(context_length=args.context)
+    torch.manual_seed(123)
+    ours = GPTModel(cfg)
+    models = {"gptrain": ours}
+    if "book" in args.impl:
+        models["book"] = book_model_from(ours)
+    if "hf" in args.impl:
+        models["hf"] = hf_model_from(ours)
+    train_cfg = TrainConfig(lr=4e-4, weight_decay=0.1)
+    steps, optimizers = {}, {}
+    for name in args.impl:
+        model = models[name].to(device).train()
+        if name == "gptrain":
+            optimizers[name] = make_optimizer(model, train_cfg, device)
+        else:
+            optimizers[name] = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+        models[name] = torch.compile(model) if args.compile else model
+        steps[name] = {"gptrain": gptrain_step, "book": book_step, "hf": hf_step}[name]
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, cfg.vocab_size, (args.batch, args.context + 1), generator=generator).to(device)
+               for _ in range(args.steps)]
+    dtype = DTYPES[args.precision]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    tokens_per_step = args.batch * args.context
+    step_flops = flops_per_token(ours) * tokens_per_step
+    peak = matmul_peak(device, dtype or torch.float32)
+    print(machine_description(device))
+    print(f"{args.preset} at context {args.context}, batch {args.batch} ({tokens_per_step} tokens/step, "
+          f"{step_flops / 1e9:.0f} GFLOP/step), {args.precision}, {torch.get_num_threads()} threads, "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s")
+
+    eval_losses = {}  # same weights, same batch: these agree when the models are the same function
+    for name in args.impl:
+        model = models[name]
+        model.eval()
+        with torch.no_grad(), autocast():
+            out = model(batches[0][:, :-1])
+            logits = out if torch.is_tensor(out) else out.logits
+            eval_losses[name] = F.cross_entropy(logits.flatten(0, 1).float(), batches[0][:, 1:].flatten()).item()
+        model.train()
+    for name in args.impl:  # warm-up (and compile) outside the timings
+        steps[name](models[name], optimizers[name], batches[0][:, :-1], batches[0][:, 1:], autocast)
+    times = {name: [] for name in args.impl}
+    for _ in range(args.rounds):
+        for name in args.impl:
+            sync(device)
+            started = time.perf_counter()
+            for batch in batches:
+                steps[name](models[name], optimizers[name], batch[:, :-1], batch[:, 1:], autocast)
+            sync(device)
+            times[name].append((time.perf_counter() - started) / len(batches))
+
+    book_ms = statistics.median(times["book"]) * 1e3 if "book" in times else None
+    print(f"{'':10} {'ms/step':>9} {'tokens/s':>9} {'x book':>7} {'of peak':>8} {'eval loss':>10}")
+    for name in args.impl:
+        ms = statistics.median(times[name]) * 1e3
+        ratio = f"{book_ms / ms:7.2f}" if book_ms else f"{'':7}"
+        print(f"{name:10} {ms:9.0f} {tokens_per_step / ms * 1e3:9.0f} {ratio} "
+              f"{step_flops / (ms / 1e3) / peak:8.0%} {eval_losses[name]:10.5f}")
+
+
+if __name__ == "__main__":
+    main()
