@@ -27,7 +27,7 @@ from common import book_model_from, hf_model_from, machine_description, matmul_p
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
-from gptrain.train import flops_per_token, forward_backward, make_optimizer  # noqa: E402
+from gptrain.train import flops_per_token, forward_backward, make_optimizer, retain_freed_memory  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,7 +76,12 @@ def main() -> None:
     parser.add_argument("--impl", nargs="+", default=["gptrain", "book", "hf"], choices=["gptrain", "book", "hf"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                        help="retain: keep freed memory in the process, as `gptrain train` does on a CPU (it is "
+                             "process-wide, so every implementation here gets it); default: glibc's behaviour")
     args = parser.parse_args()
+    if args.malloc == "retain" and args.device == "cpu":
+        retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -115,7 +120,7 @@ def main() -> None:
     print(machine_description(device))
     print(f"{args.preset} at context {args.context}, batch {args.batch} ({tokens_per_step} tokens/step, "
           f"{step_flops / 1e9:.0f} GFLOP/step), {args.precision}, {torch.get_num_threads()} threads, "
-          f"matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s, malloc {args.malloc}")
 
     eval_losses = {}  # same weights, same batch: these agree when the models are the same function
     for name in args.impl:

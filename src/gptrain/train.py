@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import math
@@ -166,6 +168,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
+
+
+def retain_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
+    """Keep freed memory in the process instead of handing it back to the OS (glibc only).
+
+    A training step allocates and frees the same large buffers every time (logits, the
+    embedding gradient, bf16 weight copies). glibc returns blocks over its mmap threshold to
+    the kernel at once, so each step pays page faults and kernel zeroing on hundreds of MB: a
+    quarter of a 124M bf16 step on a 2-core CPU (1.16 s against 0.84 s). Serving blocks up to
+    ``mmap_threshold`` from the heap and never trimming it keeps that memory, the way CUDA's
+    caching allocator does on a GPU. (A finite trim threshold is worse than none: every time the
+    free top of the heap crosses it, glibc gives it all back and the next step faults it in again.)
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -352,6 +374,8 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> 
 
 def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     procs, device = start_processes(cfg.device)
+    if device.type == "cpu":
+        retain_freed_memory()
     model_cfg = cfg.model_config()
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
