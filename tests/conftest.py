@@ -31,6 +31,14 @@ def verdict_text(verdict_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def story_page(verdict_text, tmp_path_factory) -> Path:
+    """The story's first 8,000 characters: enough for a tiny model's run of a few dozen steps."""
+    path = tmp_path_factory.mktemp("page") / "page.txt"
+    path.write_text(verdict_text[:8000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     return get_tokenizer()
 

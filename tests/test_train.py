@@ -60,8 +60,8 @@ def test_weight_decay_only_on_matrices(tiny_cfg):
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
 
 
-def test_run_writes_metrics_plot_and_checkpoints(tmp_path, verdict_path):
-    summary = train(tiny_run(tmp_path, verdict_path), echo=lambda line: None)
+def test_run_writes_metrics_plot_and_checkpoints(tmp_path, story_page):
+    summary = train(tiny_run(tmp_path, story_page), echo=lambda line: None)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "loss.png", "best", "final"}
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -83,25 +83,25 @@ def test_run_writes_metrics_plot_and_checkpoints(tmp_path, verdict_path):
     assert best_val == pytest.approx(min(summary["val_losses"]))
 
 
-def test_same_seed_same_run(tmp_path, verdict_path):
-    a = train(tiny_run(tmp_path / "a", verdict_path, epochs=1), echo=lambda line: None)
-    b = train(tiny_run(tmp_path / "b", verdict_path, epochs=1), echo=lambda line: None)
+def test_same_seed_same_run(tmp_path, story_page):
+    a = train(tiny_run(tmp_path / "a", story_page, epochs=1), echo=lambda line: None)
+    b = train(tiny_run(tmp_path / "b", story_page, epochs=1), echo=lambda line: None)
     assert a["train_losses"] == b["train_losses"] and a["val_losses"] == b["val_losses"]
-    c = train(tiny_run(tmp_path / "c", verdict_path, epochs=1, seed=7), echo=lambda line: None)
+    c = train(tiny_run(tmp_path / "c", story_page, epochs=1, seed=7), echo=lambda line: None)
     assert c["train_losses"] != a["train_losses"]
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, verdict_path):
-    cfg = tiny_run(tmp_path, verdict_path, epochs=1)
+def test_refuses_to_overwrite_a_run(tmp_path, story_page):
+    cfg = tiny_run(tmp_path, story_page, epochs=1)
     train(cfg, echo=lambda line: None)
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg, echo=lambda line: None)
     train(cfg, overwrite=True, echo=lambda line: None)
 
 
-def test_batch_larger_than_the_split(tmp_path, verdict_path):
+def test_batch_larger_than_the_split(tmp_path, story_page):
     with pytest.raises(ValueError, match="fewer than one batch"):
-        train(tiny_run(tmp_path, verdict_path, batch_size=1000), echo=lambda line: None)
+        train(tiny_run(tmp_path, story_page, batch_size=1000), echo=lambda line: None)
     assert not (tmp_path / "run").exists()
 
 
@@ -112,8 +112,68 @@ def test_bad_settings(bad):
         TrainConfig(**bad)
 
 
-def test_auto_precision_is_saved_resolved(tmp_path, verdict_path):
+def test_auto_precision_is_saved_resolved(tmp_path, story_page):
     from gptrain.train import cpu_has_native_bf16
-    train(tiny_run(tmp_path, verdict_path, epochs=1, precision="auto"), echo=lambda line: None)
+    train(tiny_run(tmp_path, story_page, epochs=1, precision="auto"), echo=lambda line: None)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
     assert saved == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+def test_overfitting_is_train_falling_while_val_rises():
+    from gptrain.train import overfitting
+    assert overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.2])
+    assert not overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.05])  # val dipped
+    assert not overfitting([5.0, 5.1, 3.0], [6.0, 6.1, 6.2])  # train did not fall every time
+    assert not overfitting([5.0, 4.0], [6.0, 6.1])
+
+
+def test_early_stopping_keeps_best_and_warns_about_overfitting(tmp_path, verdict_text):
+    # A tiny model trained hard on a page of the story memorises it: val rises while train keeps falling.
+    page = tmp_path / "page.txt"
+    page.write_text(verdict_text[:6000], encoding="utf-8")
+    cfg = tiny_run(tmp_path, page, epochs=100, lr=1e-2, eval_freq=4, early_stop_patience=3, sample_tokens=0)
+    lines = []
+    summary = train(cfg, echo=lines.append)
+    assert summary["early_stopped"] and summary["steps"] < 100 * 10  # the budget: 100 epochs of 10 steps
+    assert (summary["steps"] - 1) % 4 == 0  # it stopped right after an evaluation
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in events if e["event"] == "eval"]
+    stop = [e for e in events if e["event"] == "early_stop"]
+    assert len(stop) == 1 and stop[0]["step"] == evals[-1]["step"]
+    best = min(evals, key=lambda e: e["val_loss"])
+    assert stop[0]["best_step"] == best["step"] == summary["best_step"]
+    assert [e["step"] for e in evals].index(best["step"]) == len(evals) - 1 - 3  # three evaluations without progress
+    best_saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert best_saved["step"] == best["step"] + 1  # completed updates
+    assert (tmp_path / "run" / "final").exists()
+    assert any(line.startswith("Early stopping after step") for line in lines)
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert warnings and "memorising" in warnings[0]["text"]
+    assert any(line.startswith("Warning: validation loss has risen") for line in lines)
+
+
+def test_csv_logger_mirrors_the_jsonl(tmp_path, story_page):
+    import csv
+    train(tiny_run(tmp_path, story_page, epochs=1, logger=("jsonl", "csv")), echo=lambda line: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv", encoding="utf-8")))
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows] == [e["event"] for e in events]
+    first_eval = next(r for r in rows if r["event"] == "eval")
+    assert float(first_eval["val_loss"]) == next(e for e in events if e["event"] == "eval")["val_loss"]
+
+
+def test_tensorboard_logger_needs_its_extra_or_writes_events(tmp_path, story_page):
+    cfg = tiny_run(tmp_path, story_page, epochs=1, logger=("tensorboard",))
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"pip install 'gptrain\[tensorboard\]'"):
+            train(cfg, echo=lambda line: None)
+        return
+    train(cfg, echo=lambda line: None)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_unknown_logger_is_refused():
+    with pytest.raises(ValueError, match="unknown --logger wandb"):
+        TrainConfig(logger=("wandb",))

@@ -61,7 +61,12 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--compile", action="store_true", default=s, help="compile the model with torch.compile")
     p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
+    p.add_argument("--early-stop-patience", type=int, default=s,
+                   help="stop when validation loss has not improved for N evaluations (best/ keeps the best)")
     p.add_argument("--log-every", type=int, default=s, help="write a train record to metrics.jsonl every N steps [1]")
+    p.add_argument("--logger", nargs="+", choices=["jsonl", "csv", "tensorboard"], default=s,
+                   help="where metrics go besides metrics.jsonl, which is always written: csv (metrics.csv), "
+                        "tensorboard (needs the tensorboard extra) [jsonl]")
     p.add_argument("--save-every", type=int, default=s, help="save a resumable checkpoint every N steps")
     p.add_argument("--keep-last", type=int, default=s, help="keep only the last K step checkpoints [all]")
     p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")

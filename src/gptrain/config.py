@@ -111,6 +111,7 @@ def as_model_config(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOGGERS = ("jsonl", "csv", "tensorboard")
 DEFAULT_EPOCHS = 10  # the lecture's budget, used when no --epochs, --max-steps or --max-tokens is given
 
 
@@ -145,7 +146,9 @@ class TrainConfig:
     compile: bool = False
     eval_freq: int = 5
     eval_iter: int = 5
+    early_stop_patience: int | None = None
     log_every: int = 1
+    logger: tuple[str, ...] = ("jsonl",)
     save_every: int | None = None
     keep_last: int | None = None
     seed: int = 123
@@ -159,7 +162,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
             _check_positive_int(name, getattr(self, name))
         for name in ("context_length", "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
-                     "save_every", "keep_last", "global_batch_tokens"):
+                     "save_every", "keep_last", "global_batch_tokens", "early_stop_patience"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "sample_tokens"):
@@ -180,6 +183,10 @@ class TrainConfig:
             raise GptrainError(f"--dropout must be in [0, 1), not {self.dropout!r}")
         if self.global_batch_tokens is not None and self.grad_accum != 1:
             raise GptrainError("give --grad-accum or --global-batch-tokens, not both")
+        self.logger = tuple(self.logger)  # a TOML or JSON list arrives as a list
+        unknown_loggers = sorted(set(self.logger) - set(LOGGERS))
+        if unknown_loggers:
+            raise GptrainError(f"unknown --logger {', '.join(unknown_loggers)}: choose from {', '.join(LOGGERS)}")
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         get_preset(self.preset)

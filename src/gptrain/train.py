@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import ctypes.util
 import dataclasses
@@ -215,21 +216,57 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``, flushed at once; only rank 0 writes."""
+CSV_COLUMNS = ("event", "step", "epoch", "tokens_seen", "loss", "train_loss", "val_loss", "lr", "grad_norm",
+               "tokens_per_s", "mfu", "elapsed_s", "text")
 
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = path
-        self._file = open(path, "a", encoding="utf-8") if enabled else None
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (the source of truth, flushed at once),
+    and mirrors the numbers to ``metrics.csv`` and TensorBoard when asked. Only rank 0 writes."""
+
+    def __init__(self, out: Path, loggers: tuple[str, ...] = (), enabled: bool = True):
+        self._jsonl = self._csv = self._tensorboard = None
+        if not enabled:
+            return
+        self._jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        if "csv" in loggers:
+            path = out / "metrics.csv"
+            new = not path.exists() or path.stat().st_size == 0
+            self._csv_file = open(path, "a", encoding="utf-8", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            if new:
+                self._csv.writeheader()
+        if "tensorboard" in loggers:
+            self._tensorboard = open_tensorboard(out / "tensorboard")
 
     def write(self, event: str, **fields: Any) -> None:
-        if self._file:
-            self._file.write(json.dumps({"event": event, **fields}) + "\n")
-            self._file.flush()
+        if self._jsonl is None:
+            return
+        self._jsonl.write(json.dumps({"event": event, **fields}) + "\n")
+        self._jsonl.flush()
+        if self._csv is not None:
+            self._csv.writerow({"event": event, **fields})
+            self._csv_file.flush()
+        if self._tensorboard is not None:
+            step = fields.get("step", 0)
+            for key, value in fields.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(f"{event}/{key}", value, step)
+            if "text" in fields:
+                self._tensorboard.add_text(event, fields["text"], step)
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
+        for handle in (self._jsonl, getattr(self, "_csv_file", None), self._tensorboard):
+            if handle is not None:
+                handle.close()
+
+
+def open_tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise GptrainError("--logger tensorboard needs the tensorboard package: pip install 'gptrain[tensorboard]'") from None
+    return SummaryWriter(str(folder))
 
 
 # --- Processes ---
@@ -274,12 +311,12 @@ def mean_over_processes(value: float, procs: Processes, device: torch.device) ->
     return t.item() / procs.world_size
 
 
-def any_process(flag: bool, procs: Processes, device: torch.device) -> bool:
+def max_over_processes(value: int, procs: Processes, device: torch.device) -> int:
     if not procs.distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
+        return value
+    t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 # --- Data ---
@@ -414,6 +451,7 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
 
 def new_state() -> dict[str, Any]:
     return {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val_loss": math.inf,
+            "best_step": None, "evals_since_best": 0, "overfitting_warned": False,
             "train_losses": [], "val_losses": [], "track_tokens_seen": []}
 
 
@@ -637,15 +675,24 @@ def load_state_into_live_model(model: GPTModel, path: Path) -> None:
                 raise GptrainError(f"{path / WEIGHTS_FILE} lacks {name}: resume from another checkpoint")
 
 
-def truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(out: Path, step: int) -> None:
     """Drop records written after the checkpoint we resume from (they will be written again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", -1) < step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    jsonl, table = out / "metrics.jsonl", out / "metrics.csv"
+    if jsonl.exists():
+        kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", -1) < step]
+        tmp = jsonl.with_name(f".{jsonl.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(jsonl)
+    if table.exists():
+        with open(table, encoding="utf-8", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"] or -1) < step]
+        tmp = table.with_name(f".{table.name}.tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(table)
 
 
 # --- Stopping on a signal ---
@@ -692,20 +739,43 @@ def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: float) -> None:
+OVERFITTING_EVALS = 3  # evaluations in a row of train falling and val rising that make a warning
+
+
+def overfitting(train_losses: list[float], val_losses: list[float]) -> bool:
+    """The lecture's sign of memorising: training loss still falling while validation loss rises."""
+    if len(val_losses) < OVERFITTING_EVALS:
+        return False
+    train, val = train_losses[-OVERFITTING_EVALS:], val_losses[-OVERFITTING_EVALS:]
+    return all(b < a for a, b in zip(train, train[1:])) and all(b > a for a, b in zip(val, val[1:]))
+
+
+def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: float) -> bool:
+    """Evaluate, log, keep best/, warn about overfitting; True when early stopping says stop."""
     train_loss, val_loss = evaluate(run)
     state["train_losses"].append(train_loss)
     state["val_losses"].append(val_loss)
     state["track_tokens_seen"].append(state["tokens_seen"])
-    run.log.write("eval", step=global_step, epoch=state["epoch"] + (state["step_in_epoch"] > 0),
-                  tokens_seen=state["tokens_seen"], train_loss=train_loss, val_loss=val_loss,
-                  lr=run.optimizer.param_groups[0]["lr"], elapsed_s=round(time.perf_counter() - started, 3))
     epoch_label = state["epoch"] + (state["step_in_epoch"] > 0)
+    run.log.write("eval", step=global_step, epoch=epoch_label, tokens_seen=state["tokens_seen"],
+                  train_loss=train_loss, val_loss=val_loss, lr=run.optimizer.param_groups[0]["lr"],
+                  elapsed_s=round(time.perf_counter() - started, 3))
     run.echo(f"Ep {epoch_label} (Step {global_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
     if val_loss < state["best_val_loss"]:
-        state["best_val_loss"] = val_loss
+        state.update(best_val_loss=val_loss, best_step=global_step, evals_since_best=0, overfitting_warned=False)
         save_checkpoint(run.raw_model, run.out / "best", train_config=run.cfg.to_dict(),
                         training_state={"step": state["step"], "tokens_seen": state["tokens_seen"], "val_loss": val_loss})
+        return False
+    state["evals_since_best"] += 1
+    if not state["overfitting_warned"] and overfitting(state["train_losses"], state["val_losses"]):
+        state["overfitting_warned"] = True
+        text = (f"validation loss has risen for {OVERFITTING_EVALS - 1} evaluations while training loss fell "
+                f"({state['val_losses'][-OVERFITTING_EVALS]:.3f} -> {val_loss:.3f}): the model is memorising the "
+                f"training text; best/ keeps step {state['best_step']} (val loss {state['best_val_loss']:.3f})")
+        run.log.write("warning", step=global_step, text=text)
+        run.echo(f"Warning: {text}")
+    patience = run.cfg.early_stop_patience
+    return patience is not None and state["evals_since_best"] >= patience
 
 
 def print_line(line: str) -> None:
@@ -739,11 +809,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         step, path = checkpoints[-1]
         restore(run, state, path)
         if main:
-            truncate_metrics(run.out / "metrics.jsonl", step)
+            truncate_metrics(run.out, step)
         run.echo(f"Resuming from {path} (step {step}, {state['tokens_seen']:,} tokens seen)")
     if main:
         write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": cfg.to_dict()})
-    run.log = MetricsLog(run.out / "metrics.jsonl", enabled=main)
+    run.log = MetricsLog(run.out, cfg.logger, enabled=main)
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
     ctx = run.raw_model.cfg.context_length
@@ -752,7 +822,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
              f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {ctx} per micro-batch, "
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
 
-    stopped_by = None
+    stopped_by, early_stopped = None, False
     progress = tqdm(total=run.total_steps, initial=state["step"], desc="train", unit="step",
                     disable=None if main else True, leave=False)
     last_log = (time.perf_counter(), state["tokens_seen"])
@@ -774,16 +844,26 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
                                   mfu=None if mfu is None else round(mfu, 4))
+                early_stop = False
                 if main and global_step % cfg.eval_freq == 0:
-                    log_evaluation(run, state, global_step, started)
+                    early_stop = log_evaluation(run, state, global_step, started)
                 if main and state["epoch"] > epoch_before and cfg.sample_tokens:
                     sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context,
                                          cfg.sample_tokens)
                     run.log.write("sample", step=global_step, epoch=state["epoch"], text=sample)
                     run.echo(sample.replace("\n", " "))
-                stopped_by = stop.received
-                if any_process(stopped_by is not None, run.procs, run.device):
-                    stopped_by = stopped_by or "a signal to another process"
+                # Every process stops at the same step: 2 = a signal reached some process, 1 = early stop.
+                reason = max_over_processes(2 if stop.received else int(early_stop), run.procs, run.device)
+                if reason == 2:
+                    stopped_by = stop.received or "a signal to another process"
+                    break
+                if reason == 1:
+                    early_stopped = True
+                    run.log.write("early_stop", step=global_step, best_step=state["best_step"],
+                                  best_val_loss=state["best_val_loss"])
+                    run.echo(f"Early stopping after step {global_step}: validation loss has not improved for "
+                             f"{cfg.early_stop_patience} evaluations; best/ holds step {state['best_step']} "
+                             f"(val loss {state['best_val_loss']:.3f})")
                     break
                 if cfg.save_every and state["step"] % cfg.save_every == 0:
                     save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
@@ -812,4 +892,5 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                  f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best")
     return {"run_dir": str(run.out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
             "train_losses": state["train_losses"], "val_losses": state["val_losses"],
-            "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall, "stopped_by": stopped_by}
+            "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall, "stopped_by": stopped_by,
+            "early_stopped": early_stopped, "best_step": state["best_step"], "best_val_loss": state["best_val_loss"]}
