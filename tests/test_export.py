@@ -96,6 +96,14 @@ def test_export_does_not_overwrite_unless_asked(tmp_path, tiny_cfg):
         "vocab.json"]
 
 
+def test_export_never_replaces_its_own_source(tmp_path, tiny_cfg):
+    save_checkpoint(GPTModel(tiny_cfg), tmp_path / "run" / "final")
+    for out in (tmp_path / "run", tmp_path / "run" / "final"):
+        with pytest.raises(GptrainError, match="would replace the model being exported"):
+            export_hf(tmp_path / "run", out, overwrite=True)
+    assert load_checkpoint(tmp_path / "run").cfg == tiny_cfg
+
+
 def test_a_vocabulary_smaller_than_gpt2s_is_refused(tmp_path, tiny_cfg):
     with pytest.raises(GptrainError, match="fewer than GPT-2's tokenizer needs"):
         export_hf(GPTModel(tiny_cfg.replace(vocab_size=1000)), tmp_path / "hf")

@@ -63,16 +63,20 @@ def test_compare_prints_the_three_continuations(hf_dir, checkpoint, tiny_cfg, ca
     args = ["compare", "--prompt", "Every effort moves you", "--checkpoint", str(checkpoint),
             "--pretrained", str(hf_dir), "--max-new-tokens", "6", "--seed", "3", "--device", "cpu"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if " | " in line and not line.startswith(" ")]
-    assert [row.split(" | ")[0].strip() for row in rows] == [
-        "random init", f"trained {checkpoint}", f"pretrained {hf_dir}"]
-    assert main(args) == 0
-    assert capsys.readouterr().out == out  # same seed, same text
+    printed = {}  # label -> text, its wrapped lines joined again
+    for line in capsys.readouterr().out.splitlines():
+        if " | " in line:
+            label, text = line.split(" | ", 1)
+            if label.strip():
+                printed[label.strip()] = text
+            else:
+                printed[next(reversed(printed))] += " " + text
+    assert list(printed) == ["random init", f"trained {checkpoint}", f"pretrained {hf_dir}"]
 
     # The random row is a model of the pretrained model's config, initialised after manual_seed(seed).
     rows = pretrained.compare_continuations("Every effort moves you", checkpoint=checkpoint, pretrained=hf_dir,
                                             max_new_tokens=6, seed=3)
+    assert [" ".join(text.split()) for _, text in rows] == list(printed.values())
     torch.manual_seed(3)
     random_model = GPTModel(tiny_cfg.replace(qkv_bias=True, tie_embeddings=True, drop_rate=0.1))
     idx = text_to_token_ids("Every effort moves you", get_tokenizer())

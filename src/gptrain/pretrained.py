@@ -409,8 +409,8 @@ def _infer_config(weights: _Weights, n_heads: int | None) -> GPTConfig:
         "tok_emb.weight", "pos_emb.weight", "out_head.weight")
     block = re.compile(r"h\.(\d+)\." if hf else r"trf_blocks\.(\d+)\.")
     layers = {int(m.group(1)) for name in weights.file_names if (m := block.match(name))}
-    if pos not in weights or not layers:
-        raise GptrainError(f"{weights.source} is not a whole GPT model: it has no {pos if pos not in weights else 'blocks'}")
+    if pos not in weights or not layers or len(weights.shape(emb)) != 2:
+        raise GptrainError(f"{weights.source} is not a whole GPT model: it lacks {pos}, blocks, or a 2-d {emb}")
     vocab_size, emb_dim = weights.shape(emb)
     heads = n_heads or GPT2_HEADS.get(emb_dim)
     if heads is None:
@@ -548,6 +548,11 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
         raise GptrainError(f"the model has {model.cfg.vocab_size} token embeddings, fewer than GPT-2's tokenizer "
                            f"needs ({VOCAB_SIZE}): it cannot be exported with GPT-2's tokenizer")
     out = Path(out).expanduser()
+    if not isinstance(source, nn.Module):
+        target, model_path = out.resolve(), Path(source).expanduser().resolve()
+        if target == model_path or target in model_path.parents or model_path in target.parents:
+            raise GptrainError(f"{out} would replace the model being exported ({source}) or lie inside it: "
+                               "choose another --out")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise GptrainError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
     tensors = {name: tensor.cpu() for name, tensor in hf_state_dict(model).items()}
@@ -630,16 +635,16 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
                        temperature=temperature, top_k=top_k, eos_id=END_OF_TEXT_ID, generator=generator)
         return token_ids_to_text(out[0, idx.shape[1]:], tokenizer)
 
+    sources = {"trained": checkpoint, "pretrained": pretrained}
     texts, reference = {}, None
-    for label, source in ((f"pretrained {pretrained}", pretrained), (f"trained {checkpoint}", checkpoint)):
-        if source is not None:
-            model = load_gpt2(source, device=device, n_heads=n_heads)
+    for kind in ("pretrained", "trained"):  # the pretrained model's config comes first
+        if sources[kind] is not None:
+            model = load_gpt2(sources[kind], device=device, n_heads=n_heads)
             if reference is None:
                 reference = model.cfg
-            texts[label] = continuation(model)
+            texts[kind] = continuation(model)
             del model  # one model in memory at a time
     torch.manual_seed(seed)
-    random_model = GPTModel(reference)
-    rows = [("random init", continuation(random_model))]
-    rows += [(label, texts[label]) for label in (f"trained {checkpoint}", f"pretrained {pretrained}") if label in texts]
+    rows = [("random init", continuation(GPTModel(reference)))]
+    rows += [(f"{kind} {sources[kind]}", texts[kind]) for kind in ("trained", "pretrained") if kind in texts]
     return rows
