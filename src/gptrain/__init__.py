@@ -17,6 +17,7 @@ from gptrain.generate import (
 )
 from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
 from gptrain.model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock, count_parameters
+from gptrain.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
 from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.train import evaluate_model, plot_losses, train, train_model_simple
 
@@ -39,15 +40,20 @@ __all__ = [
     "calc_loss_pytorch",
     "count_parameters",
     "create_dataloader_v1",
+    "download_gpt2",
     "evaluate_model",
+    "export_hf",
     "generate",
     "generate_and_print_sample",
     "generate_text_advanced",
     "generate_text_simple",
     "get_preset",
     "get_tokenizer",
+    "inspect_loaded_model",
     "load_checkpoint",
     "load_corpus",
+    "load_gpt2",
+    "load_weights_into_gpt",
     "perplexity",
     "plot_losses",
     "save_checkpoint",

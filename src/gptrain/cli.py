@@ -1,4 +1,5 @@
-"""The ``gptrain`` command line: ``prepare``, ``train`` and ``generate``.
+"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, and GPT-2's ``download-gpt2``,
+``export``, ``info``, ``compare``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -119,12 +120,74 @@ def add_generate_parser(subparsers) -> None:
     p.set_defaults(handler=run_generate)
 
 
+SOURCE_HELP = ("a gptrain checkpoint or run directory, a Hugging Face GPT-2 folder or file, a state dict in the "
+               "book's naming (.pth), or a GPT-2 size (124M, 355M, 774M, 1558M)")
+
+
+def add_download_gpt2_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "download-gpt2", help="download OpenAI's pretrained GPT-2 weights into the cache",
+        description="Download config.json and model.safetensors of OpenAI's GPT-2 from the Hugging Face hub "
+                    "(or $GPTRAIN_HF_ENDPOINT) into the cache, resuming a partial download and checking size "
+                    "and sha256.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--size", default="124M", help="124M, 355M, 774M or 1558M (or gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+    p.set_defaults(handler=run_download_gpt2)
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a model as a Hugging Face GPT-2 folder",
+        description="Write config.json, model.safetensors and the GPT-2 tokenizer files, which "
+                    "transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read.",
+    )
+    p.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
+    p.set_defaults(handler=run_export)
+
+
+def add_info_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info", help="summarise a checkpoint or GPT-2 weights",
+        description="Load a model and print its embeddings, blocks, parameter counts and config.",
+    )
+    p.add_argument("path", metavar="PATH", help=SOURCE_HELP)
+    p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
+    p.set_defaults(handler=run_info)
+
+
+def add_compare_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="continue a prompt with a random, a trained and a pretrained model",
+        description="The lecture's before/after activity: the continuations of a randomly initialised model, "
+                    "a trained checkpoint and pretrained weights, with the same prompt, seed and sampling.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
+    p.add_argument("--pretrained", default="124M", help="pretrained weights, same forms as --checkpoint; 'none' to skip")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to add")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; higher is more random")
+    p.add_argument("--top-k", type=int, default=40, help="sample only among the k most likely tokens")
+    p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
+    p.set_defaults(handler=run_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     add_prepare_parser(subparsers)
     add_train_parser(subparsers)
     add_generate_parser(subparsers)
+    add_download_gpt2_parser(subparsers)
+    add_export_parser(subparsers)
+    add_info_parser(subparsers)
+    add_compare_parser(subparsers)
     return parser
 
 
@@ -186,6 +249,55 @@ def run_generate(args: argparse.Namespace) -> int:
     out = generate(model, idx, args.max_new_tokens, model.cfg.context_length,
                    temperature=args.temperature, top_k=args.top_k)
     print(token_ids_to_text(out, tokenizer))
+    return 0
+
+
+def run_download_gpt2(args: argparse.Namespace) -> int:
+    from gptrain.pretrained import download_gpt2
+
+    print(download_gpt2(args.size))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from gptrain.pretrained import export_hf
+
+    out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
+    print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from gptrain.pretrained import inspect_loaded_model, load_gpt2
+
+    model = load_gpt2(args.path, n_heads=args.n_heads)
+    print(f"Source: {args.path}")
+    inspect_loaded_model(model)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
+    from gptrain.generate import check_sampling_args
+    from gptrain.pretrained import compare_continuations
+    from gptrain.train import resolve_device
+
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    rows = compare_continuations(args.prompt, checkpoint=args.checkpoint, pretrained=pretrained,
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                 seed=args.seed, device=resolve_device(args.device), n_heads=args.n_heads)
+    print(f"Prompt: {args.prompt!r} (seed {args.seed}, temperature {args.temperature}, top-k {args.top_k}, "
+          f"up to {args.max_new_tokens} new tokens)\n")
+    label_width = max(len(label) for label, _ in rows)
+    text_width = max(30, shutil.get_terminal_size().columns - label_width - 3)
+    for label, text in rows:
+        lines = textwrap.wrap(" ".join(text.split()), text_width) or [""]
+        print(f"{label:<{label_width}} | {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<{label_width}} | {line}")
     return 0
 
 

@@ -70,3 +70,51 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> 
             "decode one row at a time"
         )
     return tokenizer.decode(flat.tolist())
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, the alphabet of ``vocab.json`` and ``merges.txt``.
+
+    Printable Latin-1 bytes stand for themselves; the others (space, control bytes, ...) are
+    shifted to code points from 256 up, so that ``" the"`` is written ``"Ġthe"``.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(256 + i) for i, b in enumerate(shifted)})
+    return mapping
+
+
+@functools.cache
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The bundled table in Hugging Face's form: ``vocab.json``'s {token: id} and ``merges.txt``'s pairs.
+
+    tiktoken keeps only each token's rank. The merge that made the token of rank r (r >= 256)
+    is recovered by running BPE on its bytes with the merges ranked below r only: that stops
+    at exactly the two tokens that merge into it. Merges are returned in rank order, as
+    ``merges.txt`` lists them.
+    """
+    ranks = load_merge_ranks()
+    alphabet = bytes_to_unicode()
+
+    def spell(token: bytes) -> str:
+        return "".join(alphabet[b] for b in token)
+
+    def last_merge(token: bytes, rank: int) -> tuple[bytes, bytes]:
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= rank:
+                raise GptrainError(f"the bundled GPT-2 merge table is inconsistent at rank {rank}: reinstall gptrain")
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return parts[0], parts[1]
+
+    vocab = {spell(token): rank for token, rank in ranks.items()}
+    vocab[END_OF_TEXT] = END_OF_TEXT_ID
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if rank >= 256:
+            first, second = last_merge(token, rank)
+            merges.append((spell(first), spell(second)))
+    return vocab, merges
