@@ -37,38 +37,16 @@ def book_model_from(model):
 
 
 def hf_model_from(model):
-    """HF transformers' GPT2LMHeadModel holding ``model``'s weights (zero q/k/v biases if it has none)."""
-    import torch
+    """HF transformers' GPT2LMHeadModel holding ``model``'s weights (gptrain's own export mapping)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = model.cfg
-    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.emb_dim,
-                        n_layer=cfg.n_layers, n_head=cfg.n_heads, resid_pdrop=cfg.drop_rate,
-                        embd_pdrop=cfg.drop_rate, attn_pdrop=cfg.drop_rate,
-                        tie_word_embeddings=cfg.tie_embeddings, activation_function="gelu_new")
-    hf = GPT2LMHeadModel(hf_cfg)
-    ours = model.state_dict()
-    state = {"transformer.wte.weight": ours["tok_emb.weight"], "transformer.wpe.weight": ours["pos_emb.weight"],
-             "transformer.ln_f.weight": ours["final_norm.weight"], "transformer.ln_f.bias": ours["final_norm.bias"],
-             "lm_head.weight": ours["out_head.weight"]}
-    for i in range(cfg.n_layers):
-        p, h = f"trf_blocks.{i}.", f"transformer.h.{i}."
-        qkv = [ours[p + f"att.W_{n}.weight"] for n in ("query", "key", "value")]
-        state[h + "attn.c_attn.weight"] = torch.cat(qkv, 0).t()
-        if cfg.qkv_bias:
-            state[h + "attn.c_attn.bias"] = torch.cat([ours[p + f"att.W_{n}.bias"] for n in ("query", "key", "value")])
-        else:
-            state[h + "attn.c_attn.bias"] = torch.zeros(3 * cfg.emb_dim)
-        state[h + "attn.c_proj.weight"] = ours[p + "att.out_proj.weight"].t()
-        state[h + "attn.c_proj.bias"] = ours[p + "att.out_proj.bias"]
-        state[h + "mlp.c_fc.weight"] = ours[p + "ff.layers.0.weight"].t()
-        state[h + "mlp.c_fc.bias"] = ours[p + "ff.layers.0.bias"]
-        state[h + "mlp.c_proj.weight"] = ours[p + "ff.layers.2.weight"].t()
-        state[h + "mlp.c_proj.bias"] = ours[p + "ff.layers.2.bias"]
-        for n in ("1", "2"):
-            state[h + f"ln_{n}.weight"] = ours[p + f"norm{n}.weight"]
-            state[h + f"ln_{n}.bias"] = ours[p + f"norm{n}.bias"]
-    hf.load_state_dict({k: v.contiguous().clone() for k, v in state.items()}, strict=False)
+    from gptrain.pretrained import hf_config_dict, hf_state_dict
+
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config_dict(model.cfg)))
+    missing, unexpected = hf.load_state_dict({k: v.clone() for k, v in hf_state_dict(model).items()}, strict=False)
+    assert not unexpected and all(key == "lm_head.weight" for key in missing), (missing, unexpected)
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
     return hf
 
 
