@@ -30,7 +30,6 @@ from common import find_verdict, machine_description  # noqa: E402
 
 
 def run_book(text: str) -> dict:
-    import tiktoken  # noqa: F401  (the book's module imports it)
     import torch
     from llms_from_scratch.ch02 import GPTDatasetV1
     from llms_from_scratch.ch04 import GPTModel

@@ -27,7 +27,8 @@ from common import book_model_from, hf_model_from, machine_description, matmul_p
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
-from gptrain.train import flops_per_token, forward_backward, make_optimizer, retain_freed_memory  # noqa: E402
+from gptrain.runtime import retain_freed_memory  # noqa: E402
+from gptrain.train import flops_per_token, forward_backward, make_optimizer  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

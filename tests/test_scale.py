@@ -13,7 +13,7 @@ import torch
 
 from gptrain import TrainConfig, load_checkpoint, train
 from gptrain.prepare import prepare
-from gptrain.train import complete_checkpoints
+from gptrain.checkpoint import complete_checkpoints
 
 
 def quiet(line):

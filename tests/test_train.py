@@ -113,7 +113,7 @@ def test_bad_settings(bad):
 
 
 def test_auto_precision_is_saved_resolved(tmp_path, story_page):
-    from gptrain.train import cpu_has_native_bf16
+    from gptrain.runtime import cpu_has_native_bf16
     train(tiny_run(tmp_path, story_page, epochs=1, precision="auto"), echo=lambda line: None)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
     assert saved == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -13,10 +13,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors
 import safetensors.torch
 import torch
@@ -224,3 +227,63 @@ def load_training_state(path: str | Path, map_location: torch.device | str = "cp
         return torch.load(state_file, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged pickle
         raise GptrainError(f"{state_file} is damaged ({type(exc).__name__}): resume from another checkpoint") from None
+
+
+# --- Run directories: resumable checkpoints ---
+
+CHECKPOINTS_DIR = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(saved: dict[str, Any]) -> None:
+    random.setstate((saved["python"][0], tuple(saved["python"][1]), saved["python"][2]))
+    name, keys, *rest = saved["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in a run directory that has all its files, oldest first."""
+    found = []
+    candidates = [p for p in (out / CHECKPOINTS_DIR).glob("step-*") if STEP_DIR.match(p.name)] + [out / "final"]
+    for path in candidates:
+        if all((path / name).is_file() for name in (WEIGHTS_FILE, "config.json", "training_state.pt")):
+            try:
+                step = read_checkpoint_config(path).get("step")
+            except GptrainError:
+                continue
+            if isinstance(step, int):
+                found.append((step, path))
+    return sorted(found)
+
+
+def prune_checkpoints(out: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    steps = sorted((int(m.group(1)), p) for p in (out / CHECKPOINTS_DIR).glob("step-*") if (m := STEP_DIR.match(p.name)))
+    for _, path in steps[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def copy_weights_into(model: GPTModel, path: Path) -> None:
+    """Copy a checkpoint's weights into a live model in place: the optimizer, DDP and torch.compile
+    keep holding the same parameters."""
+    weights = read_weights(path / WEIGHTS_FILE, "cpu")
+    with torch.no_grad():
+        for name, tensor in unwrap_model(model).state_dict().items():
+            if name in weights:
+                tensor.copy_(weights[name])
+            elif not (name == "out_head.weight" and model.cfg.tie_embeddings):
+                raise GptrainError(f"{path / WEIGHTS_FILE} lacks {name}: resume from another checkpoint")

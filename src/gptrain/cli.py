@@ -236,7 +236,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from gptrain.checkpoint import load_checkpoint
     from gptrain.generate import check_sampling_args, generate
     from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
-    from gptrain.train import resolve_device
+    from gptrain.runtime import resolve_device
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
     device = resolve_device(args.device)
@@ -282,7 +282,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from gptrain.generate import check_sampling_args
     from gptrain.pretrained import compare_continuations
-    from gptrain.train import resolve_device
+    from gptrain.runtime import resolve_device
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import ctypes
-import ctypes.util
 import dataclasses
-import json
 import math
 import os
-import random
-import re
 import shutil
 import signal
 import sys
@@ -28,20 +22,33 @@ from torch import nn
 from tqdm import tqdm
 
 from gptrain.checkpoint import (
-    load_state_into,
+    CHECKPOINTS_DIR,
+    complete_checkpoints,
+    copy_weights_into,
     load_training_state,
+    prune_checkpoints,
     read_checkpoint_config,
-    read_weights,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
     write_json_atomic,
-    WEIGHTS_FILE,
 )
 from gptrain.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
+from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.runtime import (
+    Processes,
+    max_over_processes,
+    mean_over_processes,
+    peak_flops,
+    resolve_precision,
+    retain_freed_memory,
+    start_processes,
+)
 from gptrain.tokenizer import END_OF_TEXT, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 
@@ -132,65 +139,6 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
 # position, tokens seen, losses). A checkpoint is `state` plus the weights and optimizer, so a
 # resumed run continues bit for bit.
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptrainError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GptrainError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise GptrainError("--device mps was asked for but MPS is not available: use --device cpu")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with AVX-512 BF16 or AMX: there bf16 matrix products run at 2x or more the
-    fp32 rate; elsewhere bf16 autocast is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def retain_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
-    """Keep freed memory in the process instead of handing it back to the OS (glibc only).
-
-    A training step allocates and frees the same large buffers every time (logits, the
-    embedding gradient, bf16 weight copies). glibc returns blocks over its mmap threshold to
-    the kernel at once, so each step pays page faults and kernel zeroing on hundreds of MB: a
-    quarter of a 124M bf16 step on a 2-core CPU (1.16 s against 0.84 s). Serving blocks up to
-    ``mmap_threshold`` from the heap and never trimming it keeps that memory, the way CUDA's
-    caching allocator does on a GPU. (A finite trim threshold is worse than none: every time the
-    free top of the heap crosses it, glibc gives it all back and the next step faults it in again.)
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
-
-
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Linear warmup over ``warmup_steps``, then constant or (``cosine``) decaying to ``min_lr``
     over ``lr_decay_steps`` (default: the whole run)."""
@@ -214,109 +162,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     fused = device is None or device.type in {"cpu", "cuda"}
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
-
-
-CSV_COLUMNS = ("event", "step", "epoch", "tokens_seen", "loss", "train_loss", "val_loss", "lr", "grad_norm",
-               "tokens_per_s", "mfu", "elapsed_s", "text")
-
-
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (the source of truth, flushed at once),
-    and mirrors the numbers to ``metrics.csv`` and TensorBoard when asked. Only rank 0 writes."""
-
-    def __init__(self, out: Path, loggers: tuple[str, ...] = (), enabled: bool = True):
-        self._jsonl = self._csv = self._tensorboard = None
-        if not enabled:
-            return
-        self._jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
-        if "csv" in loggers:
-            path = out / "metrics.csv"
-            new = not path.exists() or path.stat().st_size == 0
-            self._csv_file = open(path, "a", encoding="utf-8", newline="")
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                self._csv.writeheader()
-        if "tensorboard" in loggers:
-            self._tensorboard = open_tensorboard(out / "tensorboard")
-
-    def write(self, event: str, **fields: Any) -> None:
-        if self._jsonl is None:
-            return
-        self._jsonl.write(json.dumps({"event": event, **fields}) + "\n")
-        self._jsonl.flush()
-        if self._csv is not None:
-            self._csv.writerow({"event": event, **fields})
-            self._csv_file.flush()
-        if self._tensorboard is not None:
-            step = fields.get("step", 0)
-            for key, value in fields.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tensorboard.add_scalar(f"{event}/{key}", value, step)
-            if "text" in fields:
-                self._tensorboard.add_text(event, fields["text"], step)
-
-    def close(self) -> None:
-        for handle in (self._jsonl, getattr(self, "_csv_file", None), self._tensorboard):
-            if handle is not None:
-                handle.close()
-
-
-def open_tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise GptrainError("--logger tensorboard needs the tensorboard package: pip install 'gptrain[tensorboard]'") from None
-    return SummaryWriter(str(folder))
-
-
-# --- Processes ---
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place under torchrun (rank 0 of 1 without it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def start_processes(device_name: str) -> tuple[Processes, torch.device]:
-    """Join torchrun's process group (gloo on CPU, nccl on CUDA) and pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Processes(), resolve_device(device_name)
-    procs = Processes(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", procs.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return procs, device
-
-
-def mean_over_processes(value: float, procs: Processes, device: torch.device) -> float:
-    if not procs.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / procs.world_size
-
-
-def max_over_processes(value: int, procs: Processes, device: torch.device) -> int:
-    if not procs.distributed:
-        return value
-    t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
 
 
 # --- Data ---
@@ -458,24 +303,12 @@ def new_state() -> dict[str, Any]:
 # --- Throughput ---
 
 # Dense bf16 tensor-core peaks (FLOP/s) by GPU name; fp32 runs use TF32 at half of it.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-                  "A10G": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
-
-
 def flops_per_token(model: GPTModel) -> float:
     """Training FLOPs per token: 6 per matrix weight (2 forward, 4 backward) plus attention's scores
     and mixing. Embeddings are lookups, not products; the output head is a product, tied or not."""
     cfg = model.cfg
     weights = sum(p.numel() for p in model.trf_blocks.parameters()) + model.out_head.weight.numel()
     return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
-    return None if peak is None else peak / (2 if precision == "fp32" else 1)
 
 
 # --- One step, one evaluation ---
@@ -578,29 +411,6 @@ def sample_text(model: nn.Module, tokenizer, device, start_context: str, max_new
 
 # --- Checkpoints and resume ---
 
-CHECKPOINTS_DIR = "checkpoints"
-STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(saved: dict[str, Any]) -> None:
-    random.setstate((saved["python"][0], tuple(saved["python"][1]), saved["python"][2]))
-    name, keys, *rest = saved["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(saved["torch"])
-    if saved["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda"])
-
-
 def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_training_state: bool = True) -> None:
     """Called by every process (the RNG states are gathered); rank 0 writes."""
     rng = [rng_state()]
@@ -614,29 +424,6 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
         training_state = {k: state[k] for k in ("step", "tokens_seen")}
     save_checkpoint(run.raw_model, path, run.optimizer if with_training_state else None,
                     train_config=run.cfg.to_dict(), training_state=training_state)
-
-
-def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint in a run directory that has all its files, oldest first."""
-    found = []
-    candidates = [p for p in (out / CHECKPOINTS_DIR).glob("step-*") if STEP_DIR.match(p.name)] + [out / "final"]
-    for path in candidates:
-        if all((path / name).is_file() for name in (WEIGHTS_FILE, "config.json", "training_state.pt")):
-            try:
-                step = read_checkpoint_config(path).get("step")
-            except GptrainError:
-                continue
-            if isinstance(step, int):
-                found.append((step, path))
-    return sorted(found)
-
-
-def prune_checkpoints(out: Path, keep_last: int | None) -> None:
-    if keep_last is None:
-        return
-    steps = sorted((int(m.group(1)), p) for p in (out / CHECKPOINTS_DIR).glob("step-*") if (m := STEP_DIR.match(p.name)))
-    for _, path in steps[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 RESUME_MUST_MATCH = ("data", "preset", "context_length", "seed", "stride", "train_ratio")
@@ -656,43 +443,13 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> None:
             f"cannot resume {path} with a global batch of {run.global_batch} sequences: it was trained with "
             f"{saved['global_batch']}; keep batch size x grad accum x processes the same"
         )
-    load_state_into_live_model(run.raw_model, path)
+    copy_weights_into(run.raw_model, path)
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler.load_state_dict(saved["scaler"])
     for key in new_state():
         state[key] = saved[key]
     rngs = saved["rng"]
     set_rng_state(rngs[run.procs.rank] if len(rngs) == run.procs.world_size else rngs[0])
-
-
-def load_state_into_live_model(model: GPTModel, path: Path) -> None:
-    weights = read_weights(path / WEIGHTS_FILE, "cpu")
-    with torch.no_grad():
-        for name, tensor in unwrap_model(model).state_dict().items():
-            if name in weights:
-                tensor.copy_(weights[name])
-            elif not (name == "out_head.weight" and model.cfg.tie_embeddings):
-                raise GptrainError(f"{path / WEIGHTS_FILE} lacks {name}: resume from another checkpoint")
-
-
-def truncate_metrics(out: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from (they will be written again)."""
-    jsonl, table = out / "metrics.jsonl", out / "metrics.csv"
-    if jsonl.exists():
-        kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", -1) < step]
-        tmp = jsonl.with_name(f".{jsonl.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(jsonl)
-    if table.exists():
-        with open(table, encoding="utf-8", newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(row["step"] or -1) < step]
-        tmp = table.with_name(f".{table.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(table)
 
 
 # --- Stopping on a signal ---
