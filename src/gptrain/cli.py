@@ -1,4 +1,4 @@
-"""The ``gptrain`` command line: ``prepare``, ``train`` and ``generate``.
+"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, ``eval`` and ``report``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -114,12 +114,58 @@ def add_generate_parser(subparsers) -> None:
     p.set_defaults(handler=run_generate)
 
 
+def add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="measure a model's cross-entropy, perplexity and bits per byte on a text",
+        description="Score every token of a text with a model, in sliding windows: windows of --context-length "
+                    "tokens start every --stride tokens and each scores its last --stride predictions (the first "
+                    "window all of them), so every token is scored once with at least context - stride + 1 tokens "
+                    "of left context. --stride equal to the context gives disjoint windows; a smaller one gives "
+                    "more context and a lower loss for more compute.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
+    model.add_argument("--pretrained", metavar="SOURCE",
+                       help="GPT-2 weights: a size (124M, 355M, ...) or a Hugging Face folder or file")
+    p.add_argument("--data", required=True,
+                   help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
+    p.add_argument("--split", choices=["all", "train", "val"], default=None,
+                   help="a prepared folder's split [val]; for text, all of it [all] or training's character split")
+    p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part")
+    p.add_argument("--context-length", type=int, default=None, help="tokens per window [the model's context]")
+    p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(handler=run_eval)
+
+
+def add_report_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="write report.html for a run, or one overlaying several runs",
+        description="Write a self-contained HTML page (plots embedded, nothing fetched from the network) from "
+                    "a run directory's metrics.jsonl and config.json: losses against steps and tokens, learning "
+                    "rate, tokens/s, the train-val gap, the samples, final metrics and the full config. With one "
+                    "run it goes to RUN_DIR/report.html; several runs are overlaid on the same axes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory written by gptrain train")
+    p.add_argument("--out", default=None, help="HTML file to write [RUN_DIR/report.html for one run, "
+                                               "./report.html for several]")
+    p.set_defaults(handler=run_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     add_prepare_parser(subparsers)
     add_train_parser(subparsers)
     add_generate_parser(subparsers)
+    add_eval_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 
@@ -181,6 +227,37 @@ def run_generate(args: argparse.Namespace) -> int:
     out = generate(model, idx, args.max_new_tokens, model.cfg.context_length,
                    temperature=args.temperature, top_k=args.top_k)
     print(token_ids_to_text(out, tokenizer))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from gptrain.evaluate import evaluate_tokens, load_eval_model, load_eval_tokens
+    from gptrain.train import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    model = load_eval_model(args.checkpoint, args.pretrained, device)
+    result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
+                             batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
+                             num_bytes=num_bytes)
+    if args.json:
+        print(json.dumps({"model": args.checkpoint or args.pretrained, "data": label, **result.to_dict()}))
+        return 0
+    print(f"{label}: {result.tokens:,} tokens, {result.bytes:,} bytes; {result.windows:,} window(s) of "
+          f"{result.context_length} tokens, stride {result.stride}")
+    print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:,.2f}   "
+          f"{result.bits_per_byte:.4f} bits/byte   ({result.scored_tokens:,} tokens scored in "
+          f"{result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s)")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from gptrain.report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(f"Wrote {path}")
     return 0
 
 
