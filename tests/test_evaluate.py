@@ -224,10 +224,10 @@ def one_line_error(capsys, args) -> str:
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--stride", "33"], "--stride must be between 1 and the context length 32"),
-    (["--stride", "0"], "--stride must be between 1"),
-    (["--stride", "-4"], "--stride must be between 1"),
-    (["--context-length", "16", "--stride", "17"], "context length 16"),
+    (["--stride", "33"], "--stride 33 is larger than the context length 32"),
+    (["--stride", "0"], "--stride must be at least 1, not 0"),
+    (["--stride", "-4"], "--stride must be at least 1, not -4"),
+    (["--context-length", "16", "--stride", "17"], "--stride 17 is larger than the context length 16"),
     (["--context-length", "64"], "exceeds the model's window of 32 tokens"),
     (["--context-length", "0"], "--context-length must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),

@@ -122,7 +122,6 @@ def add_eval_parser(subparsers) -> None:
                     "window all of them), so every token is scored once with at least context - stride + 1 tokens "
                     "of left context. --stride equal to the context gives disjoint windows; a smaller one gives "
                     "more context and a lower loss for more compute.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
@@ -132,13 +131,13 @@ def add_eval_parser(subparsers) -> None:
                    help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
     p.add_argument("--split", choices=["all", "train", "val"], default=None,
                    help="a prepared folder's split [val]; for text, all of it [all] or training's character split")
-    p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part")
+    p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part [0.9]")
     p.add_argument("--context-length", type=int, default=None, help="tokens per window [the model's context]")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass [8]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16")
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(handler=run_eval)
 
@@ -150,7 +149,6 @@ def add_report_parser(subparsers) -> None:
                     "a run directory's metrics.jsonl and config.json: losses against steps and tokens, learning "
                     "rate, tokens/s, the train-val gap, the samples, final metrics and the full config. With one "
                     "run it goes to RUN_DIR/report.html; several runs are overlaid on the same axes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory written by gptrain train")
     p.add_argument("--out", default=None, help="HTML file to write [RUN_DIR/report.html for one run, "
@@ -233,12 +231,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.evaluate import evaluate_tokens, load_eval_model, load_eval_tokens
+    from gptrain.evaluate import check_window_args, evaluate_tokens, load_eval_model, load_eval_tokens
     from gptrain.train import resolve_device, resolve_precision
 
+    if args.batch_size < 1:
+        raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
     device = resolve_device(args.device)
-    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
     model = load_eval_model(args.checkpoint, args.pretrained, device)
+    context = model.cfg.context_length if args.context_length is None else args.context_length
+    check_window_args(context, context if args.stride is None else args.stride, model.cfg.context_length)
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
     result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
                              batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
                              num_bytes=num_bytes)

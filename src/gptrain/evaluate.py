@@ -73,11 +73,11 @@ def check_window_args(context_length: int, stride: int, model_context: int) -> N
             f"--context-length {context_length} exceeds the model's window of {model_context} tokens: "
             f"use at most {model_context}"
         )
-    if not 1 <= stride <= context_length:
-        raise GptrainError(
-            f"--stride must be between 1 and the context length {context_length}, not {stride}: a stride larger "
-            "than the context would skip tokens"
-        )
+    if stride < 1:
+        raise GptrainError(f"--stride must be at least 1, not {stride}")
+    if stride > context_length:
+        raise GptrainError(f"--stride {stride} is larger than the context length {context_length}, so tokens between "
+                           f"windows would never be scored: use a stride between 1 and {context_length}")
 
 
 def sliding_windows(num_tokens: int, context_length: int, stride: int) -> tuple[int, list[Window]]:
@@ -163,7 +163,9 @@ def evaluate_tokens(model: nn.Module, tokens: np.ndarray, *, context_length: int
                 first = torch.tensor([w.first_scored for w in batch], device=device)
                 mask = positions[None, :] >= first[:, None]
                 logits = model(rows[:, :-1])
-                batch_sums.append(F.cross_entropy(logits[mask].float(), rows[:, 1:][mask], reduction="sum"))
+                # Per-token losses, then the mask: no second copy of the (batch x length x vocab) logits.
+                losses = F.cross_entropy(logits.flatten(0, 1).float(), rows[:, 1:].flatten(), reduction="none")
+                batch_sums.append(losses.view(len(batch), length)[mask].sum())
                 bar.update(sum(length - w.first_scored for w in batch))
         total_nats = torch.stack(batch_sums).cpu().double().sum().item()
     finally:
