@@ -156,7 +156,7 @@ def _figures(runs: list[RunLog]) -> dict[str, str]:
 
     matplotlib.use("Agg")  # files only: never open a window
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import LogFormatter
 
     single = len(runs) == 1
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -185,9 +185,9 @@ def _figures(runs: list[RunLog]) -> dict[str, str]:
             _mark_notes(ax, runs)
         if log:
             ax.set_yscale("log")
-            plain = FuncFormatter(lambda value, _: f"{value:g}")  # 9.5, not 9.5 x 10^0
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            # Plain numbers (9.5, not 9.5 x 10^0), and labelled minor ticks: a loss rarely spans a decade.
+            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         ax.set_xlabel({"step": "step", "tokens_seen": "tokens seen"}[x_key])
         ax.set_ylabel("loss (nats/token)" + (", log scale" if log else ""))
         _finish(ax, outside=not single)
