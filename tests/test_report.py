@@ -11,7 +11,7 @@ import pytest
 
 from gptrain import report as report_module
 from gptrain.cli import main
-from gptrain.report import read_run, summarize, write_report
+from gptrain.report import read_run, sample_html, summarize, write_report
 
 RUN_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44)}  # matplotlib's first three
 
@@ -71,7 +71,7 @@ def test_the_report_of_a_run_shows_its_curves_samples_metrics_and_config(run_dir
         assert f"<h2>{heading}</h2>" in page
     for sample in samples:  # every sample, with its step and epoch
         assert re.search(rf'<td class="num">{sample["step"]}</td><td class="num">{sample["epoch"]}</td>'
-                         rf'<td class="sample">{re.escape(html.escape(sample["text"]))}</td>', page)
+                         rf'<td class="sample">{re.escape(sample_html(sample["text"]))}</td>', page)
     best = min(evals, key=lambda r: r["val_loss"])
     summary = summarize(read_run(run_dir))
     assert summary["best_val_loss"] == best["val_loss"] and summary["best_step"] == best["step"]

@@ -272,7 +272,7 @@ tr.differs td { background: #fff6d6; }
 .switch { margin: 8px 0; } .switch label { margin-right: 14px; } .switch .grid { margin-top: 8px; }
 .note { padding: 6px 10px; margin: 4px 0; border-left: 4px solid #9bb; background: #f5fafa; }
 .note.warning { border-color: #e0a800; background: #fff8e1; } .note.early_stop { border-color: #2b8a3e; background: #ebfbee; }
-.sample { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 13px; }
+.sample { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 13px; } .newline { color: #aaa; }
 """
 
 
@@ -330,11 +330,17 @@ def _notes(runs: list[RunLog]) -> str:
     return "".join(items) or '<p class="muted">No warnings or other notes.</p>'
 
 
+def sample_html(text: str) -> str:
+    """A sample on as few lines as it takes: an early model often emits newline after newline, so each
+    newline is shown as a mark instead of a line break."""
+    return html.escape(text).replace("\n", '<span class="newline">↵</span>')
+
+
 def _samples(runs: list[RunLog]) -> str:
     parts = []
     for run in runs:
         rows = "".join(f'<tr><td class="num">{_fmt(s.get("step"))}</td><td class="num">{_fmt(s.get("epoch"))}</td>'
-                       f'<td class="sample">{html.escape(str(s.get("text", "")))}</td></tr>' for s in run.samples)
+                       f'<td class="sample">{sample_html(str(s.get("text", "")))}</td></tr>' for s in run.samples)
         table = (f"<table><tr><th>step</th><th>epoch</th><th>text</th></tr>{rows}</table>" if rows
                  else '<p class="muted">No samples.</p>')
         parts.append(table if len(runs) == 1 else
