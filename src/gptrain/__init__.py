@@ -9,6 +9,7 @@ from gptrain.checkpoint import load_checkpoint, save_checkpoint
 from gptrain.config import GPT_CONFIG_124M, PRESETS, GPTConfig, TrainConfig, get_preset
 from gptrain.data import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
 from gptrain.errors import GptrainError
+from gptrain.evaluate import evaluate_text, evaluate_tokens
 from gptrain.generate import (
     generate,
     generate_and_print_sample,
@@ -18,6 +19,7 @@ from gptrain.generate import (
 from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
 from gptrain.model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock, count_parameters
 from gptrain.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
+from gptrain.report import write_report
 from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.train import evaluate_model, plot_losses, train, train_model_simple
 
@@ -43,6 +45,8 @@ __all__ = [
     "download_gpt2",
     "evaluate_model",
     "export_hf",
+    "evaluate_text",
+    "evaluate_tokens",
     "generate",
     "generate_and_print_sample",
     "generate_text_advanced",
@@ -62,4 +66,5 @@ __all__ = [
     "token_ids_to_text",
     "train",
     "train_model_simple",
+    "write_report",
 ]

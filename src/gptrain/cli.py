@@ -1,5 +1,5 @@
-"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, and GPT-2's ``download-gpt2``,
-``export``, ``info``, ``compare``.
+"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, ``eval``, ``report``, and GPT-2's
+``download-gpt2``, ``export``, ``info`` and ``compare``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -176,6 +176,46 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
     p.set_defaults(handler=run_compare)
+def add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="measure a model's cross-entropy, perplexity and bits per byte on a text",
+        description="Score every token of a text with a model, in sliding windows: windows of --context-length "
+                    "tokens start every --stride tokens and each scores its last --stride predictions (the first "
+                    "window all of them), so every token is scored once with at least context - stride + 1 tokens "
+                    "of left context. --stride equal to the context gives disjoint windows; a smaller one gives "
+                    "more context and a lower loss for more compute.",
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
+    model.add_argument("--pretrained", metavar="SOURCE",
+                       help="GPT-2 weights: a size (124M, 355M, ...) or a Hugging Face folder or file")
+    p.add_argument("--data", required=True,
+                   help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
+    p.add_argument("--split", choices=["all", "train", "val"], default=None,
+                   help="a prepared folder's split [val]; for text, all of it [all] or training's character split")
+    p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part [0.9]")
+    p.add_argument("--context-length", type=int, default=None, help="tokens per window [the model's context]")
+    p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass [8]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(handler=run_eval)
+
+
+def add_report_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="write report.html for a run, or one overlaying several runs",
+        description="Write a self-contained HTML page (plots embedded, nothing fetched from the network) from "
+                    "a run directory's metrics.jsonl and config.json: losses against steps and tokens, learning "
+                    "rate, tokens/s, the train-val gap, the samples, final metrics and the full config. With one "
+                    "run it goes to RUN_DIR/report.html; several runs are overlaid on the same axes.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory written by gptrain train")
+    p.add_argument("--out", default=None, help="HTML file to write [RUN_DIR/report.html for one run, "
+                                               "./report.html for several]")
+    p.set_defaults(handler=run_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_info_parser(subparsers)
     add_compare_parser(subparsers)
+    add_eval_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 
@@ -298,6 +340,38 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"{label:<{label_width}} | {lines[0]}")
         for line in lines[1:]:
             print(f"{'':<{label_width}} | {line}")
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from gptrain.evaluate import check_window_args, evaluate_tokens, load_eval_model, load_eval_tokens
+    from gptrain.runtime import resolve_device, resolve_precision
+
+    if args.batch_size < 1:
+        raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
+    device = resolve_device(args.device)
+    model = load_eval_model(args.checkpoint, args.pretrained, device)
+    context = model.cfg.context_length if args.context_length is None else args.context_length
+    check_window_args(context, context if args.stride is None else args.stride, model.cfg.context_length)
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
+                             batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
+                             num_bytes=num_bytes)
+    if args.json:
+        print(json.dumps({"model": args.checkpoint or args.pretrained, "data": label, **result.to_dict()}))
+        return 0
+    print(f"{label}: {result.tokens:,} tokens, {result.bytes:,} bytes; {result.windows:,} window(s) of "
+          f"{result.context_length} tokens, stride {result.stride}")
+    print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:,.2f}   "
+          f"{result.bits_per_byte:.4f} bits/byte   ({result.scored_tokens:,} tokens scored in "
+          f"{result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s)")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from gptrain.report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(f"Wrote {path}")
     return 0
 
 
