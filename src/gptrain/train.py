@@ -40,6 +40,7 @@ from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.report import write_report
 from gptrain.runtime import (
     Processes,
     max_over_processes,
@@ -547,8 +548,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
 
     The run directory holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
-    JSON line per step, evaluation and sample), ``loss.png``, ``best/`` (weights with the lowest
-    validation loss), ``final/`` and, with ``save_every``, ``checkpoints/step-N/``. With
+    JSON line per step, evaluation and sample), ``loss.png``, ``report.html``, ``best/`` (weights
+    with the lowest validation loss), ``final/`` and, with ``save_every``, ``checkpoints/step-N/``. With
     ``resume`` it continues from the latest complete checkpoint there. Under torchrun only rank
     0 logs, samples and saves.
     """
@@ -633,17 +634,21 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                          f"continue with --resume --out {run.out}")
             else:
                 save_run_checkpoint(run, state, run.out / "final")
+            wall = time.perf_counter() - started
+            run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
+                          stopped_by=stopped_by, early_stopped=early_stopped)
     finally:
         progress.close()
         run.log.close()
         if run.procs.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
-    if main and state["train_losses"]:
-        epochs_seen = [t / (run.steps_per_epoch * run.tokens_per_step) for t in state["track_tokens_seen"]]
-        plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
-                    run.out / "loss.png")
-    wall = time.perf_counter() - started
+    if main:
+        if state["train_losses"]:
+            epochs_seen = [t / (run.steps_per_epoch * run.tokens_per_step) for t in state["track_tokens_seen"]]
+            plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
+                        run.out / "loss.png")
+        write_report(run.out)
     if not stopped_by and state["train_losses"]:
         run.echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
                  f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best")
