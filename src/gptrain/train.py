@@ -583,21 +583,22 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     stopped_by, early_stopped = None, False
     progress = tqdm(total=run.total_steps, initial=state["step"], desc="train", unit="step",
                     disable=None if main else True, leave=False)
-    last_log = (time.perf_counter(), state["tokens_seen"])
+    step_seconds = 0.0  # training time since the last train record: evaluations and samples excluded
     peak = peak_flops(run.device, cfg.precision)
     try:
         with StopOnSignal() as stop:
             run.raw_model.train()
             while state["step"] < run.total_steps:
                 epoch_before = state["epoch"]
-                loss, grad_norm = train_step(run, state)
+                step_started = time.perf_counter()
+                loss, grad_norm = train_step(run, state)  # its loss is a Python float: the step has finished
+                step_seconds += time.perf_counter() - step_started
                 global_step = state["step"] - 1  # the book's numbering: 0 is the first update
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.3f}")
                 if main and state["step"] % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    rate = (state["tokens_seen"] - last_log[1]) / max(now - last_log[0], 1e-9)
-                    last_log = (now, state["tokens_seen"])
+                    rate = cfg.log_every * run.tokens_per_step / max(step_seconds, 1e-9)
+                    step_seconds = 0.0
                     mfu = rate * flops_per_token(run.raw_model) / (peak * run.procs.world_size) if peak else None
                     run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
