@@ -12,11 +12,22 @@ from gptrain.errors import GptrainError
 from gptrain.generate import (
     generate,
     generate_and_print_sample,
+    generate_batch,
     generate_text_advanced,
     generate_text_simple,
+    stream_text,
+    stream_tokens,
 )
 from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
-from gptrain.model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock, count_parameters
+from gptrain.model import (
+    FeedForward,
+    GPTModel,
+    KVCache,
+    MultiHeadAttention,
+    TransformerBlock,
+    count_parameters,
+    store_weights_transposed,
+)
 from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.train import evaluate_model, plot_losses, train, train_model_simple
 
@@ -30,6 +41,7 @@ __all__ = [
     "GPTDatasetV1",
     "GPTModel",
     "GptrainError",
+    "KVCache",
     "MultiHeadAttention",
     "TrainConfig",
     "TransformerBlock",
@@ -42,6 +54,7 @@ __all__ = [
     "evaluate_model",
     "generate",
     "generate_and_print_sample",
+    "generate_batch",
     "generate_text_advanced",
     "generate_text_simple",
     "get_preset",
@@ -52,6 +65,9 @@ __all__ = [
     "plot_losses",
     "save_checkpoint",
     "split_text",
+    "store_weights_transposed",
+    "stream_text",
+    "stream_tokens",
     "text_to_token_ids",
     "token_ids_to_text",
     "train",
