@@ -7,7 +7,7 @@ import torch
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
 from gptrain.generate import generate, generate_batch, stream_tokens
-from gptrain.model import KVCache, store_weights_transposed
+from gptrain.model import KVCache, Linear, _inner_slices, store_weights_transposed
 
 
 @pytest.fixture
@@ -213,3 +213,47 @@ def test_stream_keeps_eval_mode_until_it_ends_and_stops_at_eos(tiny_cfg):
     next(abandoned)
     abandoned.close()
     assert model.training
+
+
+# --- one-row products spread over the threads ----------------------------------------------
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_sliced_products_equal_nn_linear(threads, rows, transposed):
+    threads(3)  # 48 inner features cut in 3 slices of 16
+    torch.manual_seed(0)
+    layer = Linear(48, 20)
+    if transposed:
+        store_weights_transposed(layer)
+    x = torch.randn(rows, 48)
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x[None])[0], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(layer(x), expected)  # with autograd (training) it is nn.Linear exactly
+
+
+def test_one_row_products_are_sliced_only_when_inferring_few_float32_rows_on_several_threads(threads):
+    x = torch.randn(1, 768)
+    threads(2)
+    with torch.inference_mode():
+        assert _inner_slices(x, 768) == 2
+        assert _inner_slices(torch.randn(16, 768), 768) == 2
+        assert _inner_slices(torch.randn(17, 768), 768) == 1  # MKL's own threading takes over
+        assert _inner_slices(x.bfloat16(), 768) == 1
+        threads(5)
+        assert _inner_slices(x, 768) == 4  # the largest count up to the threads that divides 768
+        threads(1)
+        assert _inner_slices(x, 768) == 1
+    threads(2)
+    assert _inner_slices(x, 768) == 1  # autograd on: training stays nn.Linear
+
+
+def test_model_modules_keep_nn_linear_names_and_state(model):
+    assert isinstance(model.out_head, torch.nn.Linear) and isinstance(model.trf_blocks[0].ff.layers[0], Linear)

