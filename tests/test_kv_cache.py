@@ -247,6 +247,8 @@ def test_one_row_products_are_sliced_only_when_inferring_few_float32_rows_on_sev
         assert _inner_slices(torch.randn(16, 768), 768) == 2
         assert _inner_slices(torch.randn(17, 768), 768) == 1  # MKL's own threading takes over
         assert _inner_slices(x.bfloat16(), 768) == 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _inner_slices(x, 768) == 1
         threads(5)
         assert _inner_slices(x, 768) == 4  # the largest count up to the threads that divides 768
         threads(1)
@@ -257,3 +259,10 @@ def test_one_row_products_are_sliced_only_when_inferring_few_float32_rows_on_sev
 
 def test_model_modules_keep_nn_linear_names_and_state(model):
     assert isinstance(model.out_head, torch.nn.Linear) and isinstance(model.trf_blocks[0].ff.layers[0], Linear)
+
+
+def test_generation_under_bfloat16_autocast(model):
+    idx = torch.tensor([[1, 2, 3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = generate(model, idx, 10, 32)
+        assert torch.equal(cached, generate(model, idx, 10, 32, use_cache=False))

@@ -118,14 +118,16 @@ def test_loss_from_logits_equals_pytorch_cross_entropy(capsys):
 
 def test_loss_one_target_for_all_rows_and_names(capsys):
     out = lab(capsys, "loss", "--probs", "0.25,0.75", "--probs", "0.5,0.5", "--target", "b", "--names", "a", "b")
-    assert [line.split()[1:] for line in out.splitlines()[1:3]] == [["b", "0.7500", "0.2877"], ["b", "0.5000", "0.6931"]]
+    rows = [line.split()[1:] for line in out.splitlines()[1:3]]
+    assert rows == [["b", "0.7500", "0.2877"], ["b", "0.5000", "0.6931"]]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--probs", "0.6,0.6"], "give --target"),
     (["--probs", "0.6,0.6", "--target", "0"], "sum to 1.2, not 1"),
     (["--probs", "0.5,0.5", "--target", "2"], "targets must be indices from 0 to 1"),
-    (["--probs", "0.5,0.5", "--probs", "1,0", "--target", "0", "--target", "1", "--target", "0"], "3 targets for 2 rows"),
+    (["--probs", "0.5,0.5", "--probs", "1,0", "--target", "0", "--target", "1", "--target", "0"],
+     "3 targets for 2 rows"),
     (["--probs", "0.5,0.5", "--probs", "1", "--target", "0"], "same number of values"),
     (["--probs", "a,b", "--target", "0"], "not a comma-separated list of numbers"),
     (["--probs", "0.5,0.5", "--target", "cat", "--names", "a", "b"], "neither an index nor one of the names a, b"),

@@ -307,7 +307,8 @@ def run_lab_loss(args: argparse.Namespace) -> int:
         rows = [_parse_row(row, "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
         names, targets = args.names, args.target
         if not targets:
-            raise GptrainError("give --target: the index (or --names name) of the correct token, one per row or one for all")
+            raise GptrainError("give --target: the index (or --names name) of the correct token, "
+                               "one per row or one for all")
     print(loss_table(rows, targets, names, from_logits=args.logits is not None))
     return 0
 

@@ -103,7 +103,7 @@ def _inner_slices(x: torch.Tensor, in_features: int) -> int:
     products go through oneDNN, which already uses every core.)"""
     threads = torch.get_num_threads()
     if (threads == 1 or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > 16 * in_features
-            or torch.is_grad_enabled()):
+            or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")):
         return 1
     return max(n for n in range(1, threads + 1) if in_features % n == 0)
 
@@ -202,7 +202,8 @@ class GPTModel(nn.Module):
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
-    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None, *,
+                last_only: bool = False) -> torch.Tensor:
         _, seq_len = in_idx.shape
         if seq_len > self.cfg.context_length:
             raise ValueError(
@@ -217,7 +218,8 @@ class GPTModel(nn.Module):
                     f"the cache holds {cache.length} tokens and {seq_len} more do not fit in its "
                     f"{min(cache.max_len, self.cfg.context_length)} positions: reset it and feed the last window"
                 )
-            positions, attn_mask = cache.positions(seq_len, in_idx.device), cache.attention_mask(seq_len, in_idx.device)
+            positions = cache.positions(seq_len, in_idx.device)
+            attn_mask = cache.attention_mask(seq_len, in_idx.device)
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
         for layer, block in enumerate(self.trf_blocks):
             x = block(x, cache, layer, attn_mask)
