@@ -135,7 +135,7 @@ def main() -> None:
             rows.append((setting, name, speed, speeds["gptrain generate"] / speed))
         del ours, hf, book
 
-    print(f"\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
+    print("\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
     for setting, name, speed, ratio in rows:
         shown = "" if name == "gptrain generate" else f"{ratio:.2f}x"
         print(f"| {setting} | {name} | {speed:.1f} | {shown} |")
