@@ -100,8 +100,10 @@ def add_prepare_parser(subparsers) -> None:
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="continue a prompt with a trained checkpoint",
-        description="Continue a prompt with a checkpoint. Temperature 0 is greedy; otherwise the next token "
-                    "is sampled from the softmax of logits/temperature, restricted to the top-k tokens.",
+        description="Continue a prompt with a checkpoint, printing the text as it is produced and the speed "
+                    "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
+                    "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
+                    "nucleus.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
