@@ -9,7 +9,7 @@ from gptrain import (
     generate_text_simple,
     text_to_token_ids,
 )
-from gptrain.generate import select_next_token
+from gptrain.generate import keep_top_p, select_next_token, stream_text
 
 LECTURE_LOGITS = torch.tensor([[2.1, 1.3, 0.8]])
 
@@ -53,12 +53,78 @@ def test_sampling_frequencies_follow_the_softmax():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-0.1), "temperature"), (dict(top_k=0), "top_k"), (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(temperature=-0.1), "temperature must be >= 0"), (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=float("inf")), "temperature"), (dict(top_k=0), "top_k must be at least 1"),
+    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), "top_p"), (dict(top_p=-0.2), "top_p"), (dict(context_size=0), "context_size"),
 ])
 def test_bad_sampling_arguments(tiny_cfg, kwargs, match):
-    args = dict(max_new_tokens=3, temperature=1.0, top_k=None) | kwargs
+    args = dict(max_new_tokens=3, temperature=1.0, top_k=None, context_size=8) | kwargs
     with pytest.raises(ValueError, match=match):
-        generate(GPTModel(tiny_cfg), torch.tensor([[1, 2]]), context_size=8, **args)
+        generate(GPTModel(tiny_cfg), torch.tensor([[1, 2]]), **args)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.2, 0.5, 0.05, 0.25]])
+    kept = {top_p: (keep_top_p(probs, top_p)[0] > 0).nonzero().flatten().tolist()
+            for top_p in (0.01, 0.5, 0.51, 0.74, 0.76, 0.96, 1.0)}
+    assert kept == {0.01: [1], 0.5: [1], 0.51: [1, 3], 0.74: [1, 3], 0.76: [0, 1, 3], 0.96: [0, 1, 2, 3],
+                    1.0: [0, 1, 2, 3]}
+    assert torch.equal(keep_top_p(probs, 0.6)[0], torch.tensor([0.0, 0.5, 0.0, 0.25]))
+
+
+def test_top_p_never_samples_outside_the_nucleus_and_follows_its_renormalised_probabilities():
+    logits = torch.log(torch.tensor([[0.45, 0.05, 0.3, 0.2]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([select_next_token(logits, 1.0, top_p=0.7, generator=gen) for _ in range(3000)]).flatten()
+    assert set(draws.tolist()) == {0, 2}
+    assert (draws == 0).float().mean().item() == pytest.approx(0.45 / 0.75, abs=0.03)
+
+
+def test_top_p_one_and_huge_top_k_change_nothing():
+    logits = torch.randn(2, 50)
+    draws = []
+    for kwargs in (dict(), dict(top_p=1.0), dict(top_k=10_000)):
+        gen = torch.Generator().manual_seed(3)
+        draws.append(torch.cat([select_next_token(logits, 1.0, generator=gen, **kwargs) for _ in range(50)], 1))
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+
+def test_a_seeded_generator_is_independent_of_the_global_rng(tiny_cfg):
+    model = GPTModel(tiny_cfg)
+    idx = torch.tensor([[6109, 3626]])
+    outs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        outs.append(generate(model, idx, 15, 32, temperature=1.0, generator=torch.Generator().manual_seed(8)))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], generate(model, idx, 15, 32, temperature=1.0,
+                                             generator=torch.Generator().manual_seed(9)))
+
+
+def test_stream_text_never_splits_a_character(tokenizer):
+    text = "Grüße, naïve café 🙂🚀 日本語のテキスト ok"
+    ids = tokenizer.encode(text)
+    split = [i for i in ids if not _is_utf8(tokenizer.decode_single_token_bytes(i))]
+    assert split  # the text does have tokens that end inside a character
+    pieces = list(stream_text(tokenizer, ids))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert len(pieces) > 5  # it streams, rather than decoding everything at the end
+
+
+def test_stream_text_replaces_invalid_bytes_like_decode(tokenizer):
+    ids = tokenizer.encode("🙂")[:1] + tokenizer.encode(" ok")  # a character cut short, then text
+    assert "".join(stream_text(tokenizer, ids)) == tokenizer.decode(ids)
+    assert "".join(stream_text(tokenizer, ids[:1])) == tokenizer.decode(ids[:1]) == "\ufffd"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def test_same_seed_same_output(tiny_cfg):

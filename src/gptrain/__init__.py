@@ -13,11 +13,22 @@ from gptrain.evaluate import evaluate_text, evaluate_tokens
 from gptrain.generate import (
     generate,
     generate_and_print_sample,
+    generate_batch,
     generate_text_advanced,
     generate_text_simple,
+    stream_text,
+    stream_tokens,
 )
 from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
-from gptrain.model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock, count_parameters
+from gptrain.model import (
+    FeedForward,
+    GPTModel,
+    KVCache,
+    MultiHeadAttention,
+    TransformerBlock,
+    count_parameters,
+    store_weights_transposed,
+)
 from gptrain.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
 from gptrain.report import write_report
 from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
@@ -33,6 +44,7 @@ __all__ = [
     "GPTDatasetV1",
     "GPTModel",
     "GptrainError",
+    "KVCache",
     "MultiHeadAttention",
     "TrainConfig",
     "TransformerBlock",
@@ -49,6 +61,7 @@ __all__ = [
     "evaluate_tokens",
     "generate",
     "generate_and_print_sample",
+    "generate_batch",
     "generate_text_advanced",
     "generate_text_simple",
     "get_preset",
@@ -62,6 +75,9 @@ __all__ = [
     "plot_losses",
     "save_checkpoint",
     "split_text",
+    "store_weights_transposed",
+    "stream_text",
+    "stream_tokens",
     "text_to_token_ids",
     "token_ids_to_text",
     "train",

@@ -1,5 +1,5 @@
-"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, ``eval``, ``report``, and GPT-2's
-``download-gpt2``, ``export``, ``info`` and ``compare``.
+"""The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, ``lab``, ``eval``, ``report``, and
+GPT-2's ``download-gpt2``, ``export``, ``info`` and ``compare``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -106,8 +106,10 @@ def add_prepare_parser(subparsers) -> None:
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="continue a prompt with a trained checkpoint",
-        description="Continue a prompt with a checkpoint. Temperature 0 is greedy; otherwise the next token "
-                    "is sampled from the softmax of logits/temperature, restricted to the top-k tokens.",
+        description="Continue a prompt with a checkpoint, printing the text as it is produced and the speed "
+                    "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
+                    "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
+                    "nucleus.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
@@ -115,8 +117,12 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to add")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only among the most likely tokens that hold this share of the probability")
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-stream", action="store_true",
+                   help="print the text once it is complete instead of token by token")
     p.set_defaults(handler=run_generate)
 
 
@@ -216,6 +222,63 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--out", default=None, help="HTML file to write [RUN_DIR/report.html for one run, "
                                                "./report.html for several]")
     p.set_defaults(handler=run_report)
+def add_lab_parser(subparsers) -> None:
+    from gptrain import lab
+
+    p = subparsers.add_parser(
+        "lab", help="the lecture's sampling exercises: temperature, multinomial, loss, sweep",
+        description="The lecture's hands-on exercises on sampling and loss, with its numbers as defaults.",
+    )
+    labs = p.add_subparsers(title="labs", metavar="LAB", parser_class=Parser)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    t = labs.add_parser("temperature", help="softmax of logits at several temperatures", formatter_class=defaults,
+                        description="Print softmax(logits / T) for each temperature T, as a table.")
+    t.add_argument("--logits", type=float, nargs="+", default=list(lab.LECTURE_LOGITS), help="the logits")
+    t.add_argument("--temperatures", type=float, nargs="+", default=list(lab.LECTURE_TEMPERATURES),
+                   help="temperatures (0 puts all the probability on the largest logit)")
+    t.add_argument("--names", nargs="+", default=None, help="a name for each logit [token 0, token 1, ...]")
+    t.set_defaults(handler=run_lab_temperature)
+
+    m = labs.add_parser("multinomial", help="draw samples and compare observed with expected frequencies",
+                        formatter_class=defaults,
+                        description="Draw --samples outcomes from a distribution with torch.multinomial and print "
+                                    "how often each came up against its probability. The default is the lecture's "
+                                    "weather: sunny 0.5, rainy 0.3, cloudy 0.2.")
+    m.add_argument("--probs", type=float, nargs="+", default=None, help="the distribution [0.5 0.3 0.2]")
+    m.add_argument("--names", nargs="+", default=None, help="a name for each outcome [sunny rainy cloudy]")
+    m.add_argument("--samples", type=int, default=1000, help="number of draws")
+    m.add_argument("--seed", type=int, default=123, help="random seed (the same seed gives the same counts)")
+    m.set_defaults(handler=run_lab_multinomial)
+
+    lo = labs.add_parser("loss", help="cross-entropy -ln P(target) per row and its batch average",
+                         description="Cross-entropy of rows of probabilities (or logits) against a target each. "
+                                     "The default is the lecture's exercise, 'The cat sat on the ___': "
+                                     "P(mat)=0.6, P(floor)=0.2, P(chair)=0.1, P(table)=0.1, and the discussion "
+                                     "question P(mat)=0.1. Example: gptrain lab loss --probs 0.6,0.2,0.1,0.1 "
+                                     "--probs 0.3,0.3,0.2,0.2 --target 0")
+    rows = lo.add_mutually_exclusive_group()
+    rows.add_argument("--probs", action="append", metavar="P1,P2,...", help="a row of probabilities (repeat for a batch)")
+    rows.add_argument("--logits", action="append", metavar="L1,L2,...", help="a row of logits (repeat for a batch)")
+    lo.add_argument("--target", action="append", help="index or name of the correct token: one per row, or one for all")
+    lo.add_argument("--names", nargs="+", default=None, help="a name for each column [token 0, token 1, ...]")
+    lo.set_defaults(handler=run_lab_loss)
+
+    w = labs.add_parser("sweep", help="one prompt under a grid of temperatures and top-k values",
+                        formatter_class=defaults,
+                        description="Continue one prompt with a model under each TEMPERATURE/TOP_K cell of a grid "
+                                    "(the lecture's four combinations by default), each cell with the same seed.")
+    source = w.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
+    source.add_argument("--pretrained", metavar="SOURCE", help="OpenAI GPT-2 weights to load (gpt2, 124M, a folder...)")
+    w.add_argument("--prompt", default=lab.SWEEP_PROMPT, help="text to continue")
+    w.add_argument("--grid", nargs="+", default=[f"{t:g}/{k}" for t, k in lab.SWEEP_GRID],
+                   metavar="T/K", help="TEMPERATURE/TOP_K cells (TOP_K may be none)")
+    w.add_argument("--max-new-tokens", type=int, default=30, help="tokens per cell")
+    w.add_argument("--seed", type=int, default=123, help="random seed of every cell")
+    w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    w.set_defaults(handler=run_lab_sweep)
+    p.set_defaults(handler=lambda args: _print_help(p))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(subparsers)
     add_eval_parser(subparsers)
     add_report_parser(subparsers)
+    add_lab_parser(subparsers)
     return parser
 
 
@@ -273,24 +337,113 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
     from gptrain.checkpoint import load_checkpoint
-    from gptrain.generate import check_sampling_args, generate
-    from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+    from gptrain.generate import check_sampling_args, stream_tokens, stream_text
+    from gptrain.model import store_weights_transposed
     from gptrain.runtime import resolve_device
+    from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
+    if device.type == "cpu":
+        store_weights_transposed(model)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
-    torch.manual_seed(args.seed)
-    out = generate(model, idx, args.max_new_tokens, model.cfg.context_length,
-                   temperature=args.temperature, top_k=args.top_k)
-    print(token_ids_to_text(out, tokenizer))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    started = time.perf_counter()
+    tokens = stream_tokens(model, idx, args.max_new_tokens, model.cfg.context_length, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, generator=generator)
+    count = 0
+
+    def counted(ids):
+        nonlocal count
+        for token in ids:
+            count += 1
+            yield token
+
+    if args.no_stream:
+        print(args.prompt + "".join(stream_text(tokenizer, counted(tokens))))
+    else:
+        print(args.prompt, end="", flush=True)
+        for piece in stream_text(tokenizer, counted(tokens)):
+            print(piece, end="", flush=True)
+        print()
+    elapsed = time.perf_counter() - started
+    print(f"{count} tokens in {elapsed:.2f} s: {count / max(elapsed, 1e-9):.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_lab_temperature(args: argparse.Namespace) -> int:
+    from gptrain.lab import temperature_table
+
+    print(temperature_table(args.logits, args.temperatures, args.names))
+    return 0
+
+
+def run_lab_multinomial(args: argparse.Namespace) -> int:
+    from gptrain.lab import WEATHER_NAMES, WEATHER_PROBS, multinomial_table
+
+    probs = args.probs if args.probs is not None else WEATHER_PROBS
+    names = args.names if args.names is not None or args.probs is not None else WEATHER_NAMES
+    print(multinomial_table(probs, names, args.samples, args.seed))
+    return 0
+
+
+def _parse_row(text: str, flag: str) -> list[float]:
+    try:
+        return [float(value) for value in text.replace(" ", ",").split(",") if value]
+    except ValueError:
+        raise GptrainError(f"{flag} {text!r} is not a comma-separated list of numbers (e.g. 0.6,0.2,0.1,0.1)") from None
+
+
+def run_lab_loss(args: argparse.Namespace) -> int:
+    from gptrain.lab import MAT_NAMES, MAT_PROBS, loss_table
+
+    if args.probs is None and args.logits is None:
+        rows, names, targets = MAT_PROBS, args.names or MAT_NAMES, args.target or ["mat"]
+    else:
+        rows = [_parse_row(row, "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
+        names, targets = args.names, args.target
+        if not targets:
+            raise GptrainError("give --target: the index (or --names name) of the correct token, "
+                               "one per row or one for all")
+    print(loss_table(rows, targets, names, from_logits=args.logits is not None))
+    return 0
+
+
+def run_lab_sweep(args: argparse.Namespace) -> int:
+    from gptrain.checkpoint import load_checkpoint
+    from gptrain.lab import parse_grid, sweep, sweep_table
+    from gptrain.model import store_weights_transposed
+    from gptrain.tokenizer import get_tokenizer
+    from gptrain.runtime import resolve_device
+
+    if args.max_new_tokens < 0:
+        raise GptrainError(f"--max-new-tokens must not be negative, not {args.max_new_tokens}")
+    grid = parse_grid(args.grid)
+    device = resolve_device(args.device)
+    if args.pretrained is not None:
+        from gptrain.pretrained import load_gpt2
+
+        model = load_gpt2(args.pretrained, device=device)
+    else:
+        model = load_checkpoint(args.checkpoint, device=device)
+    if device.type == "cpu":
+        store_weights_transposed(model)
+    cells = sweep(model, get_tokenizer(), args.prompt, grid, args.max_new_tokens, args.seed)
+    print(sweep_table(cells, args.prompt))
     return 0
 
 

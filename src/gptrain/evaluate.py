@@ -233,9 +233,6 @@ def load_eval_model(checkpoint: str | Path | None = None, pretrained: str | None
 
         check_checkpoint_tokenizer(read_checkpoint_config(checkpoint), checkpoint)
         return load_checkpoint(checkpoint, device=device)
-    try:
-        from gptrain.pretrained import load_gpt2
-    except ImportError:
-        raise GptrainError("--pretrained needs gptrain.pretrained, which this installation lacks: "
-                           "evaluate a checkpoint with --checkpoint") from None
+    from gptrain.pretrained import load_gpt2
+
     return load_gpt2(pretrained, device=device)
