@@ -1,6 +1,5 @@
 """`gptrain lab`: the lecture's sampling exercises, with their numbers."""
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -184,12 +183,15 @@ def test_sweep_bad_input(args, message, checkpoint):
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gptrain.pretrained") is not None,
-                    reason="gptrain.pretrained is installed: --pretrained is tested with it")
-def test_sweep_pretrained_without_the_import_module_says_so():
-    result = run_cli("lab", "sweep", "--pretrained", "gpt2")
-    assert result.returncode == 2 and "--pretrained needs GPT-2 weight import" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_sweep_with_pretrained_weights_from_a_local_hf_folder(tmp_path):
+    from gpt2_files import tiny_hf_model
+
+    tiny_hf_model().save_pretrained(tmp_path / "hf")
+    result = run_cli("lab", "sweep", "--pretrained", str(tmp_path / "hf"), "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "prompt: In the year 2030," and lines[1].split() == ["temperature", "top_k", "continuation"]
+    assert [line.split()[:2] for line in lines[2:]] == [["0.5", "10"], ["1", "25"], ["1.8", "50"], ["2.5", "5"]]
 
 
 def test_sweep_needs_a_model():

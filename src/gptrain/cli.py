@@ -493,6 +493,9 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"{label:<{label_width}} | {lines[0]}")
         for line in lines[1:]:
             print(f"{'':<{label_width}} | {line}")
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
