@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import book_model_from, hf_model_from, machine_description, matmul_peak  # noqa: E402
+from common import (  # noqa: E402
+    book_model_from,
+    glibc_default_memory,
+    hf_model_from,
+    machine_description,
+    matmul_peak,
+)
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
@@ -77,12 +83,20 @@ def main() -> None:
     parser.add_argument("--impl", nargs="+", default=["gptrain", "book", "hf"], choices=["gptrain", "book", "hf"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
-    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
-                        help="retain: keep freed memory in the process, as `gptrain train` does on a CPU (it is "
-                             "process-wide, so every implementation here gets it); default: glibc's behaviour")
+    parser.add_argument("--malloc", choices=["as-shipped", "retain", "default"], default="as-shipped",
+                        help="as-shipped: gptrain's runs keep freed memory in the process as `gptrain train` does "
+                             "on a CPU, the others run with glibc's default behaviour (switched before each timed "
+                             "run); retain / default: every implementation alike")
     args = parser.parse_args()
-    if args.malloc == "retain" and args.device == "cpu":
-        retain_freed_memory()
+    cpu = args.device == "cpu"
+
+    def memory_mode(name: str) -> None:
+        if not cpu or args.malloc == "default":
+            return
+        if args.malloc == "retain" or name == "gptrain":
+            retain_freed_memory()
+        else:
+            glibc_default_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -114,6 +128,12 @@ def main() -> None:
                for _ in range(args.steps)]
     dtype = DTYPES[args.precision]
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    contexts = {name: autocast for name in args.impl}
+    if dtype is not None and "book" in args.impl:
+        # The book's code as written has no autocast: its fp32 step is the baseline a user has.
+        args.impl = [*args.impl, "book fp32"]
+        models["book fp32"], optimizers["book fp32"], steps["book fp32"] = models["book"], optimizers["book"], book_step
+        contexts["book fp32"] = lambda: torch.autocast(device.type, enabled=False)
 
     tokens_per_step = args.batch * args.context
     step_flops = flops_per_token(ours) * tokens_per_step
@@ -126,6 +146,7 @@ def main() -> None:
     eval_losses = {}  # same weights, same batch: these agree when the models are the same function
     for name in args.impl:
         model = models[name]
+        autocast = contexts[name]
         model.eval()
         with torch.no_grad(), autocast():
             out = model(batches[0][:, :-1])
@@ -133,23 +154,27 @@ def main() -> None:
             eval_losses[name] = F.cross_entropy(logits.flatten(0, 1).float(), batches[0][:, 1:].flatten()).item()
         model.train()
     for name in args.impl:  # warm-up (and compile) outside the timings
-        steps[name](models[name], optimizers[name], batches[0][:, :-1], batches[0][:, 1:], autocast)
+        memory_mode(name)
+        steps[name](models[name], optimizers[name], batches[0][:, :-1], batches[0][:, 1:], contexts[name])
     times = {name: [] for name in args.impl}
     for _ in range(args.rounds):
         for name in args.impl:
+            memory_mode(name)
             sync(device)
             started = time.perf_counter()
             for batch in batches:
-                steps[name](models[name], optimizers[name], batch[:, :-1], batch[:, 1:], autocast)
+                steps[name](models[name], optimizers[name], batch[:, :-1], batch[:, 1:], contexts[name])
             sync(device)
             times[name].append((time.perf_counter() - started) / len(batches))
 
-    book_ms = statistics.median(times["book"]) * 1e3 if "book" in times else None
-    print(f"{'':10} {'ms/step':>9} {'tokens/s':>9} {'x book':>7} {'of peak':>8} {'eval loss':>10}")
+    median_ms = {name: statistics.median(times[name]) * 1e3 for name in args.impl}
+    references = [ref for ref in ("book", "book fp32") if ref in median_ms]
+    print(f"{'':10} {'ms/step':>9} {'tokens/s':>9}" + "".join(f" {'x ' + ref:>12}" for ref in references)
+          + f" {'of peak':>8} {'eval loss':>10}")
     for name in args.impl:
-        ms = statistics.median(times[name]) * 1e3
-        ratio = f"{book_ms / ms:7.2f}" if book_ms else f"{'':7}"
-        print(f"{name:10} {ms:9.0f} {tokens_per_step / ms * 1e3:9.0f} {ratio} "
+        ms = median_ms[name]
+        ratios = "".join(f" {median_ms[ref] / ms:12.2f}" for ref in references)
+        print(f"{name:10} {ms:9.0f} {tokens_per_step / ms * 1e3:9.0f}{ratios} "
               f"{step_flops / (ms / 1e3) / peak:8.0%} {eval_losses[name]:10.5f}")
 
 

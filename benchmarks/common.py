@@ -77,3 +77,20 @@ def matmul_peak(device, dtype, n: int = 2048, repeats: int = 5) -> float:
         (a @ b).sum().item()
         best = min(best, time.perf_counter() - started)
     return 2 * n ** 3 / best
+
+
+def glibc_default_memory() -> None:
+    """Undo gptrain's retain_freed_memory for the implementations that do not ship it.
+
+    glibc's thresholds are dynamic; these are the values they settle at once large blocks have
+    been freed (mmap 32 MiB, trim twice that), the most favourable default for the others. Then
+    everything retained so far is handed back to the OS.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
+    libc.malloc_trim(0)
