@@ -60,6 +60,9 @@ def add_train_parser(subparsers) -> None:
                    help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16, else fp32 "
                         "(fp16 uses a gradient scaler) [auto]")
     p.add_argument("--compile", action="store_true", default=s, help="compile the model with torch.compile")
+    p.add_argument("--pad-vocab", action=argparse.BooleanOptionalAction, default=s,
+                   help="pad the output head to a multiple of 64 rows, for GPU matrix units; outputs and "
+                        "checkpoints are unchanged [on with CUDA]")
     p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
     p.add_argument("--early-stop-patience", type=int, default=s,

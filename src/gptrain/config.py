@@ -144,6 +144,8 @@ class TrainConfig:
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 instructions, fp32 elsewhere.
     precision: str = "auto"
     compile: bool = False
+    # Pad the output head to a multiple of 64 rows (same outputs and checkpoints); None: on CUDA only.
+    pad_vocab: bool | None = None
     eval_freq: int = 5
     eval_iter: int = 5
     early_stop_patience: int | None = None

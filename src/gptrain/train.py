@@ -261,7 +261,8 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         retain_freed_memory()
     model_cfg = cfg.model_config()
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device),
+                              pad_vocab=device.type == "cuda" if cfg.pad_vocab is None else cfg.pad_vocab)
     if cfg.global_batch_tokens is not None:
         cfg = dataclasses.replace(cfg, grad_accum=resolve_grad_accum(cfg, procs.world_size, model_cfg.context_length),
                                   global_batch_tokens=None)
@@ -274,6 +275,8 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
     raw_model = GPTModel(model_cfg).to(device)
+    if cfg.pad_vocab:
+        raw_model.pad_vocab(64)
     if procs.rank:
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
     model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
@@ -308,7 +311,7 @@ def flops_per_token(model: GPTModel) -> float:
     """Training FLOPs per token: 6 per matrix weight (2 forward, 4 backward) plus attention's scores
     and mixing. Embeddings are lookups, not products; the output head is a product, tied or not."""
     cfg = model.cfg
-    weights = sum(p.numel() for p in model.trf_blocks.parameters()) + model.out_head.weight.numel()
+    weights = sum(p.numel() for p in model.trf_blocks.parameters()) + cfg.vocab_size * cfg.emb_dim
     return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
 
 
@@ -427,7 +430,7 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
                     train_config=run.cfg.to_dict(), training_state=training_state)
 
 
-RESUME_MUST_MATCH = ("data", "preset", "context_length", "seed", "stride", "train_ratio")
+RESUME_MUST_MATCH = ("data", "preset", "context_length", "seed", "stride", "train_ratio", "pad_vocab")
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> None:
