@@ -37,5 +37,15 @@ demo: install
 test: install-dev
 	$(BIN)/python -m pytest -q
 
+# The README's figures, side by side with the book's code and HF transformers (about 30 minutes on 2 cores).
+bench: install-dev
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --precision bf16
+	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_load_memory.py
+	$(BIN)/python benchmarks/bench_lecture.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

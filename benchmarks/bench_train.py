@@ -33,7 +33,7 @@ from common import (  # noqa: E402
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
-from gptrain.runtime import retain_freed_memory  # noqa: E402
+from gptrain.runtime import peak_flops, retain_freed_memory  # noqa: E402
 from gptrain.train import flops_per_token, forward_backward, make_optimizer  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--impl", nargs="+", default=["gptrain", "book", "hf"], choices=["gptrain", "book", "hf"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--pad-vocab", choices=["auto", "on", "off"], default="auto",
+                        help="gptrain's output head padded to 50,304 rows, as `gptrain train` does (auto: on CUDA)")
     parser.add_argument("--malloc", choices=["as-shipped", "retain", "default"], default="as-shipped",
                         help="as-shipped: gptrain's runs keep freed memory in the process as `gptrain train` does "
                              "on a CPU, the others run with glibc's default behaviour (switched before each timed "
@@ -112,6 +114,8 @@ def main() -> None:
         models["book"] = book_model_from(ours)
     if "hf" in args.impl:
         models["hf"] = hf_model_from(ours)
+    if args.pad_vocab == "on" or (args.pad_vocab == "auto" and device.type == "cuda"):
+        ours.pad_vocab(64)
     train_cfg = TrainConfig(lr=4e-4, weight_decay=0.1)
     steps, optimizers = {}, {}
     for name in args.impl:
@@ -138,10 +142,11 @@ def main() -> None:
     tokens_per_step = args.batch * args.context
     step_flops = flops_per_token(ours) * tokens_per_step
     peak = matmul_peak(device, dtype or torch.float32)
+    spec_peak = peak_flops(device, args.precision)  # MFU's denominator: the data sheet's, on known GPUs
     print(machine_description(device))
     print(f"{args.preset} at context {args.context}, batch {args.batch} ({tokens_per_step} tokens/step, "
           f"{step_flops / 1e9:.0f} GFLOP/step), {args.precision}, {torch.get_num_threads()} threads, "
-          f"matmul peak {peak / 1e9:.0f} GFLOP/s, malloc {args.malloc}")
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s, malloc {args.malloc}, vocab rows {ours.out_head.weight.shape[0]}")
 
     eval_losses = {}  # same weights, same batch: these agree when the models are the same function
     for name in args.impl:
@@ -170,12 +175,13 @@ def main() -> None:
     median_ms = {name: statistics.median(times[name]) * 1e3 for name in args.impl}
     references = [ref for ref in ("book", "book fp32") if ref in median_ms]
     print(f"{'':10} {'ms/step':>9} {'tokens/s':>9}" + "".join(f" {'x ' + ref:>12}" for ref in references)
-          + f" {'of peak':>8} {'eval loss':>10}")
+          + f" {'of peak':>8}" + (f" {'MFU':>6}" if spec_peak else "") + f" {'eval loss':>10}")
     for name in args.impl:
         ms = median_ms[name]
         ratios = "".join(f" {median_ms[ref] / ms:12.2f}" for ref in references)
-        print(f"{name:10} {ms:9.0f} {tokens_per_step / ms * 1e3:9.0f}{ratios} "
-              f"{step_flops / (ms / 1e3) / peak:8.0%} {eval_losses[name]:10.5f}")
+        mfu = f" {step_flops / (ms / 1e3) / spec_peak:6.1%}" if spec_peak else ""
+        print(f"{name:10} {ms:9.1f} {tokens_per_step / ms * 1e3:9.0f}{ratios} "
+              f"{step_flops / (ms / 1e3) / peak:8.0%}{mfu} {eval_losses[name]:10.5f}")
 
 
 if __name__ == "__main__":

@@ -59,18 +59,24 @@ def test_export_command_writes_a_folder_transformers_reads(checkpoint, tmp_path,
     assert hf.config.n_layer == 2 and not hf.config.tie_word_embeddings
 
 
+def printed_rows(out: str) -> dict[str, str]:
+    """compare's table as {label: text}, each row's wrapped lines joined again."""
+    rows = {}
+    for line in out.splitlines():
+        if " | " in line:
+            label, text = line.split(" | ", 1)
+            if label.strip():
+                rows[label.strip()] = text
+            else:
+                rows[next(reversed(rows))] += " " + text
+    return rows
+
+
 def test_compare_prints_the_three_continuations(hf_dir, checkpoint, tiny_cfg, capsys):
     args = ["compare", "--prompt", "Every effort moves you", "--checkpoint", str(checkpoint),
             "--pretrained", str(hf_dir), "--max-new-tokens", "6", "--seed", "3", "--device", "cpu"]
     assert main(args) == 0
-    printed = {}  # label -> text, its wrapped lines joined again
-    for line in capsys.readouterr().out.splitlines():
-        if " | " in line:
-            label, text = line.split(" | ", 1)
-            if label.strip():
-                printed[label.strip()] = text
-            else:
-                printed[next(reversed(printed))] += " " + text
+    printed = printed_rows(capsys.readouterr().out)
     assert list(printed) == ["random init", f"trained {checkpoint}", f"pretrained {hf_dir}"]
 
     # The random row is a model of the pretrained model's config, initialised after manual_seed(seed).
@@ -148,3 +154,20 @@ def test_compare_and_export_report_bad_sources_the_same_way(tmp_path, hf_dir, ti
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "exported").exists()
+
+
+def test_compare_samples_with_top_p_and_rejects_a_bad_one(hf_dir, capsys):
+    args = ["compare", "--prompt", "Every effort moves you", "--pretrained", str(hf_dir), "--checkpoint", str(hf_dir),
+            "--max-new-tokens", "6", "--temperature", "3", "--top-p", "0.3", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "top-p 0.3" in out
+    nucleus, unfiltered = (dict(pretrained.compare_continuations("Every effort moves you", pretrained=hf_dir,
+                                                                 max_new_tokens=6, temperature=3, top_p=top_p))
+                           for top_p in (0.3, None))
+    label = f"pretrained {hf_dir}"
+    assert printed_rows(out)[label] == " ".join(nucleus[label].split())
+    assert nucleus[label] != unfiltered[label]
+
+    assert main(args[:-4] + ["--top-p", "0", "--device", "cpu"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err

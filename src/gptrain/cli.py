@@ -106,6 +106,15 @@ def add_prepare_parser(subparsers) -> None:
     p.set_defaults(handler=run_prepare)
 
 
+def add_sampling_flags(p: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float,
+                       top_k: int | None) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to add")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 is greedy; higher is more random")
+    p.add_argument("--top-k", type=int, default=top_k, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only among the most likely tokens that hold this share of the probability")
+
+
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="continue a prompt with a trained checkpoint",
@@ -117,11 +126,7 @@ def add_generate_parser(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
     p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to add")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
-    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample only among the most likely tokens that hold this share of the probability")
+    add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-stream", action="store_true",
@@ -178,13 +183,13 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
     p.add_argument("--pretrained", default="124M", help="pretrained weights, same forms as --checkpoint; 'none' to skip")
-    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to add")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; higher is more random")
-    p.add_argument("--top-k", type=int, default=40, help="sample only among the k most likely tokens")
+    add_sampling_flags(p, max_new_tokens=30, temperature=1.0, top_k=40)
     p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
     p.set_defaults(handler=run_compare)
+
+
 def add_eval_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="measure a model's cross-entropy, perplexity and bits per byte on a text",
@@ -225,6 +230,8 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--out", default=None, help="HTML file to write [RUN_DIR/report.html for one run, "
                                                "./report.html for several]")
     p.set_defaults(handler=run_report)
+
+
 def add_lab_parser(subparsers) -> None:
     from gptrain import lab
 
@@ -482,17 +489,19 @@ def run_compare(args: argparse.Namespace) -> int:
     from gptrain.pretrained import compare_continuations
     from gptrain.runtime import resolve_device
 
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
     rows = compare_continuations(args.prompt, checkpoint=args.checkpoint, pretrained=pretrained,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                 seed=args.seed, device=resolve_device(args.device), n_heads=args.n_heads)
-    print(f"Prompt: {args.prompt!r} (seed {args.seed}, temperature {args.temperature}, top-k {args.top_k}, "
+                                 top_p=args.top_p, seed=args.seed, device=resolve_device(args.device),
+                                 n_heads=args.n_heads)
+    top_p = "" if args.top_p is None else f", top-p {args.top_p}"
+    print(f"Prompt: {args.prompt!r} (seed {args.seed}, temperature {args.temperature}, top-k {args.top_k}{top_p}, "
           f"up to {args.max_new_tokens} new tokens)\n")
     label_width = max(len(label) for label, _ in rows)
     text_width = max(30, shutil.get_terminal_size().columns - label_width - 3)
     for label, text in rows:
-        lines = textwrap.wrap(" ".join(text.split()), text_width) or [""]
+        lines = textwrap.wrap(" ".join(text.split()), text_width, break_long_words=False, break_on_hyphens=False) or [""]
         print(f"{label:<{label_width}} | {lines[0]}")
         for line in lines[1:]:
             print(f"{'':<{label_width}} | {line}")

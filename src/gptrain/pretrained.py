@@ -614,7 +614,8 @@ def inspect_loaded_model(model: nn.Module, file: TextIO | None = None) -> int:
 
 def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
                           pretrained: str | Path | None = "124M", max_new_tokens: int = 30,
-                          temperature: float = 1.0, top_k: int | None = 40, seed: int = 123,
+                          temperature: float = 1.0, top_k: int | None = 40, top_p: float | None = None,
+                          seed: int = 123,
                           device: torch.device | str = "cpu", n_heads: int | None = None) -> list[tuple[str, str]]:
     """The lecture's before/after activity: ``[(label, continuation), ...]`` for a randomly
     initialised model, the trained ``checkpoint`` and the ``pretrained`` weights (each if given).
@@ -632,7 +633,8 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
     def continuation(model: GPTModel) -> str:
         generator = torch.Generator(device=device).manual_seed(seed)
         out = generate(model.to(device), idx.to(device), max_new_tokens, model.cfg.context_length,
-                       temperature=temperature, top_k=top_k, eos_id=END_OF_TEXT_ID, generator=generator)
+                       temperature=temperature, top_k=top_k, top_p=top_p, eos_id=END_OF_TEXT_ID,
+                       generator=generator)
         return token_ids_to_text(out[0, idx.shape[1]:], tokenizer)
 
     sources = {"trained": checkpoint, "pretrained": pretrained}
