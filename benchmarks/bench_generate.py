@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hf_model_from, machine_description  # noqa: E402
+from common import book_model_from, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import GPTModel, get_preset  # noqa: E402
 from gptrain.generate import generate  # noqa: E402
@@ -32,26 +32,6 @@ from gptrain.model import store_weights_transposed  # noqa: E402
 
 SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
             "fp32-b8": (torch.float32, 8), "bf16-b8": (torch.bfloat16, 8)}
-NORM_NAMES = {"weight": "scale", "bias": "shift"}
-
-
-def book_model_from(model):
-    """The book's GPTModel (llms_from_scratch.ch04) computing what ``model`` computes.
-
-    The book has no tied head, so a tied model's head is copied into the book's own.
-    """
-    from llms_from_scratch.ch04 import GPTModel as BookGPTModel
-
-    book = BookGPTModel(model.cfg.to_dict())
-    state = {}
-    for name, tensor in model.state_dict().items():
-        parts = name.split(".")
-        if parts[-2] in {"norm1", "norm2", "final_norm"}:
-            parts[-1] = NORM_NAMES[parts[-1]]
-        state[".".join(parts)] = tensor.clone()
-    missing, unexpected = book.load_state_dict(state, strict=False)
-    assert not unexpected and all(key.endswith(".mask") for key in missing), (missing, unexpected)
-    return book
 
 
 def runners(ours, book, hf, new_tokens: int):

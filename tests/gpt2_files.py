@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from pathlib import Path
 
@@ -44,3 +46,22 @@ def save_pickle_layout(hf_model, folder: Path) -> Path:
 
 def write_config(folder: Path, **values) -> None:
     (folder / "config.json").write_text(json.dumps(values))
+
+
+@contextlib.contextmanager
+def serving_as_hub_gpt2(folder: Path, size: str, monkeypatch):
+    """Serve ``folder``'s config.json and model.safetensors on 127.0.0.1 where the hub serves GPT-2
+    ``size``, with the file's own hash as the known one, and point gptrain at that server.
+    Yields (server, weights bytes)."""
+    from httpserver import FileServer
+
+    from gptrain import pretrained
+
+    weights = (folder / "model.safetensors").read_bytes()
+    monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, size, (hashlib.sha256(weights).hexdigest(), len(weights)))
+    monkeypatch.delenv("GPTRAIN_OFFLINE")
+    repo = f"/openai-community/{pretrained.GPT2_REPOS[size]}/resolve/main"
+    files = {f"{repo}/config.json": (folder / "config.json").read_bytes(), f"{repo}/model.safetensors": weights}
+    with FileServer(files) as server:
+        monkeypatch.setenv("GPTRAIN_HF_ENDPOINT", server.url)
+        yield server, weights

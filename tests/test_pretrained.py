@@ -1,17 +1,15 @@
 """Importing GPT-2 weights: Hugging Face files and state dicts, the book's state dicts, the cache."""
 
-import hashlib
 import shutil
 
 import pytest
 import safetensors.torch
 import torch
 
-from gpt2_files import save_openai_layout, save_pickle_layout, tiny_hf_model, write_config
+from gpt2_files import save_openai_layout, save_pickle_layout, serving_as_hub_gpt2, tiny_hf_model, write_config
 from gptrain import GPTConfig, GPTModel, download_gpt2, generate, load_gpt2, load_weights_into_gpt, save_checkpoint
 from gptrain import pretrained
 from gptrain.errors import GptrainError
-from httpserver import FileServer
 
 transformers = pytest.importorskip("transformers")
 
@@ -203,15 +201,8 @@ def test_unknown_names_and_offline_sizes_are_clear_errors(tmp_path):
 @pytest.fixture
 def served_124m(hf_dirs, monkeypatch):
     """The tiny checkpoint served where the hub serves GPT-2 124M, with its true hash as the known one."""
-    folder = hf_dirs["openai_layout"]
-    weights = (folder / "model.safetensors").read_bytes()
-    monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, "124M", (hashlib.sha256(weights).hexdigest(), len(weights)))
-    monkeypatch.delenv("GPTRAIN_OFFLINE")
-    files = {"/openai-community/gpt2/resolve/main/config.json": (folder / "config.json").read_bytes(),
-             "/openai-community/gpt2/resolve/main/model.safetensors": weights}
-    with FileServer(files) as server:
-        monkeypatch.setenv("GPTRAIN_HF_ENDPOINT", server.url)
-        yield server, weights
+    with serving_as_hub_gpt2(hf_dirs["openai_layout"], "124M", monkeypatch) as served:
+        yield served
 
 
 def test_download_then_load_from_the_cache(served_124m, hf_model, monkeypatch):

@@ -1,6 +1,5 @@
 """The GPT-2 commands: download-gpt2, export, info, compare; bad inputs are one line and exit 2."""
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -8,10 +7,10 @@ import sys
 import pytest
 import torch
 
+from gpt2_files import serving_as_hub_gpt2
 from gptrain import GPTModel, export_hf, generate, get_tokenizer, save_checkpoint, text_to_token_ids
 from gptrain import pretrained
 from gptrain.cli import main
-from httpserver import FileServer
 
 
 @pytest.fixture
@@ -93,13 +92,7 @@ def test_compare_prints_the_three_continuations(hf_dir, checkpoint, tiny_cfg, ca
 
 
 def test_download_gpt2_command(hf_dir, monkeypatch, capsys):
-    weights = (hf_dir / "model.safetensors").read_bytes()
-    monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, "355M", (hashlib.sha256(weights).hexdigest(), len(weights)))
-    monkeypatch.delenv("GPTRAIN_OFFLINE")
-    files = {"/openai-community/gpt2-medium/resolve/main/config.json": (hf_dir / "config.json").read_bytes(),
-             "/openai-community/gpt2-medium/resolve/main/model.safetensors": weights}
-    with FileServer(files) as server:
-        monkeypatch.setenv("GPTRAIN_HF_ENDPOINT", server.url)
+    with serving_as_hub_gpt2(hf_dir, "355M", monkeypatch) as (_, weights):
         assert main(["download-gpt2", "--size", "355M"]) == 0
     folder = pretrained.cache_dir() / "gpt2" / "355M"
     assert capsys.readouterr().out.strip() == str(folder)
