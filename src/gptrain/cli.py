@@ -25,6 +25,9 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else float(text)
 
 
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
+
+
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="pre-train a model (default: the lecture's run on the-verdict)",
@@ -78,7 +81,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--start-context", default=s, help="prompt of the sample printed after each epoch")
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
-    p.add_argument("--device", default=s, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps [auto]")
+    p.add_argument("--device", default=s, help=DEVICE_HELP + " [auto]")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
                         "updated by the flags given)")
@@ -106,6 +109,14 @@ def add_prepare_parser(subparsers) -> None:
     p.set_defaults(handler=run_prepare)
 
 
+def add_model_source_flags(p: argparse.ArgumentParser) -> None:
+    """--checkpoint or --pretrained, exactly one."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
+    source.add_argument("--pretrained", metavar="SOURCE",
+                        help="GPT-2 weights: a size (124M, 355M, ...) or a Hugging Face folder or file")
+
+
 def add_sampling_flags(p: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float,
                        top_k: int | None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to add")
@@ -128,7 +139,7 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
     add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-stream", action="store_true",
                    help="print the text once it is complete instead of token by token")
     p.set_defaults(handler=run_generate)
@@ -185,7 +196,7 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--pretrained", default="124M", help="pretrained weights, same forms as --checkpoint; 'none' to skip")
     add_sampling_flags(p, max_new_tokens=30, temperature=1.0, top_k=40)
     p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
     p.set_defaults(handler=run_compare)
 
@@ -199,10 +210,7 @@ def add_eval_parser(subparsers) -> None:
                     "of left context. --stride equal to the context gives disjoint windows; a smaller one gives "
                     "more context and a lower loss for more compute.",
     )
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
-    model.add_argument("--pretrained", metavar="SOURCE",
-                       help="GPT-2 weights: a size (124M, 355M, ...) or a Hugging Face folder or file")
+    add_model_source_flags(p)
     p.add_argument("--data", required=True,
                    help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
     p.add_argument("--split", choices=["all", "train", "val"], default=None,
@@ -211,7 +219,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--context-length", type=int, default=None, help="tokens per window [the model's context]")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass [8]")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto]")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " [auto]")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -278,15 +286,13 @@ def add_lab_parser(subparsers) -> None:
                         formatter_class=defaults,
                         description="Continue one prompt with a model under each TEMPERATURE/TOP_K cell of a grid "
                                     "(the lecture's four combinations by default), each cell with the same seed.")
-    source = w.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
-    source.add_argument("--pretrained", metavar="SOURCE", help="OpenAI GPT-2 weights to load (gpt2, 124M, a folder...)")
+    add_model_source_flags(w)
     w.add_argument("--prompt", default=lab.SWEEP_PROMPT, help="text to continue")
     w.add_argument("--grid", nargs="+", default=[f"{t:g}/{k}" for t, k in lab.SWEEP_GRID],
                    metavar="T/K", help="TEMPERATURE/TOP_K cells (TOP_K may be none)")
     w.add_argument("--max-new-tokens", type=int, default=30, help="tokens per cell")
     w.add_argument("--seed", type=int, default=123, help="random seed of every cell")
-    w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    w.add_argument("--device", default="auto", help=DEVICE_HELP)
     w.set_defaults(handler=run_lab_sweep)
     p.set_defaults(handler=lambda args: _print_help(p))
 
