@@ -128,6 +128,12 @@ def cli(*args, env=None, **kwargs):
                           env=full_env, timeout=240, **kwargs)
 
 
+def start_cli(*args, output=subprocess.PIPE):
+    """`cli` in the background, for tests that signal or kill the process."""
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=output, stderr=output, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def cli_args(shards, out, *extra):
     return ["train", "--data", str(shards), "--out", str(out), "--preset", "tiny", "--context-length", "32",
             "--eval-freq", "4", "--eval-iter", "2", "--device", "cpu", "--sample-tokens", "0", "--lr", "2e-3",
@@ -169,10 +175,7 @@ def train_lines(out):
 def test_sigterm_saves_and_exits_0_then_resume_matches_a_straight_run(shards, tmp_path):
     straight = cli(*cli_args(shards, tmp_path / "straight", "--max-steps", "40", "--batch-size", "4"))
     assert straight.returncode == 0, straight.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "gptrain",
-                             *cli_args(shards, tmp_path / "run", "--max-steps", "40", "--batch-size", "4")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_cli("gptrain", *cli_args(shards, tmp_path / "run", "--max-steps", "40", "--batch-size", "4"))
     assert wait_for(lambda: train_lines(tmp_path / "run") >= 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -191,10 +194,8 @@ def test_sigterm_saves_and_exits_0_then_resume_matches_a_straight_run(shards, tm
 def test_sigkill_while_saving_leaves_the_previous_checkpoint_loadable(shards, tmp_path):
     out = tmp_path / "run"
     # A wider model makes each save take long enough to be caught in the middle of it.
-    proc = subprocess.Popen([sys.executable, "-m", "gptrain", *cli_args(shards, out, "--max-steps", "1000",
-                             "--batch-size", "1", "--save-every", "1", "--keep-last", "2", "--context-length", "16")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_cli("gptrain", *cli_args(shards, out, "--max-steps", "1000", "--batch-size", "1", "--save-every", "1",
+                                          "--keep-last", "2", "--context-length", "16"), output=subprocess.DEVNULL)
     try:
         checkpoints = out / "checkpoints"
         assert wait_for(lambda: checkpoints.exists() and len(list(checkpoints.glob("step-*"))) >= 1)
@@ -286,9 +287,7 @@ def test_bad_training_flags(shards, tmp_path, args, message):
 
 
 def test_sigint_also_saves_and_exits_0(shards, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "gptrain", *cli_args(shards, tmp_path / "run", "--max-steps", "400")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_cli("gptrain", *cli_args(shards, tmp_path / "run", "--max-steps", "400"))
     assert wait_for(lambda: train_lines(tmp_path / "run") >= 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -299,10 +298,8 @@ def test_sigint_also_saves_and_exits_0(shards, tmp_path):
 
 def test_sigterm_under_torchrun_stops_every_process_at_the_same_step(shards, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptrain",
-         *cli_args(shards, out, "--batch-size", "2", "--max-steps", "2000")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_cli("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptrain",
+                     *cli_args(shards, out, "--batch-size", "2", "--max-steps", "2000"))
     assert wait_for(lambda: train_lines(out) >= 3)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
     stdout, stderr = proc.communicate(timeout=120)
