@@ -8,6 +8,7 @@ then the flags. A bad input prints one line naming the problem and the fix and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -559,6 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except GptrainError as exc:
         print(f"gptrain: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader of our output went away (gptrain generate | head): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        from gptrain.oserrors import describe_os_error
+
+        print(f"gptrain: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptrain: interrupted", file=sys.stderr)

@@ -40,6 +40,8 @@ from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.oserrors import check_output_dir
+from gptrain.runlock import locks_run_dir
 from gptrain.report import write_report
 from gptrain.runtime import (
     Processes,
@@ -487,6 +489,7 @@ class StopOnSignal:
 # --- The loop ---
 
 def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    check_output_dir(out)
     existing = [name for name in ("metrics.jsonl", "final", "best", CHECKPOINTS_DIR) if (out / name).exists()]
     if existing and not (overwrite or resume):
         raise GptrainError(
@@ -546,6 +549,7 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
+@locks_run_dir
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
           echo: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
