@@ -8,12 +8,14 @@ and exit code 2, so a new command gets the same treatment without doing anything
 from __future__ import annotations
 
 import errno
+import os
+import re
 from pathlib import Path
 
 from gptrain.errors import GptrainError
 
 FIXES = {
-    errno.EEXIST: "it already exists: choose another path or remove it",
+    errno.EEXIST: "it already exists, where a folder or a new file was needed: choose another path",
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose a path whose parents are folders",
     errno.EISDIR: "it is a folder: give a file path",
     errno.ENOENT: "check the path (its folder must exist)",
@@ -37,6 +39,18 @@ def describe_os_error(exc: OSError) -> str:
     reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
     fix = FIXES.get(exc.errno, "check the path and the disk, then run the command again")
     return f"{where}: {reason} ({fix})"
+
+
+def wrapped_os_error(exc: BaseException) -> OSError | None:
+    """The operating-system error inside ``exc``: itself, or one that safetensors' Rust writer
+    reports only in its message ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
