@@ -261,8 +261,8 @@ def test_lock_of_a_live_process_or_another_host_is_kept(tmp_path):
     with pytest.raises(GptrainError, match="process 1073741824 on elsewhere .*delete .*run.lock"):
         RunLock(tmp_path / "b").acquire()
     assert (tmp_path / "b" / LOCK_FILE).exists()
-    RunLock(tmp_path / "c").acquire().release()
-    assert not (tmp_path / "c").exists()  # a lock that made its folder and wrote nothing leaves nothing
+    RunLock(tmp_path / "c" / "d").acquire().release()
+    assert not (tmp_path / "c").exists()  # a lock that made its folders and wrote nothing leaves nothing
 
 
 def test_torchrun_ranks_other_than_0_do_not_lock(shards, tmp_path, monkeypatch):

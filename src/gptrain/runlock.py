@@ -61,20 +61,18 @@ class RunLock:
         self.path = self.out / LOCK_FILE
         self.took_over: dict | None = None  # the stale owner we replaced, if any
         self._fds: list[int] = []
-        self._created_out = False
+        self._created: list[Path] = []  # folders we made, innermost first: removed again if left empty
 
     def acquire(self) -> "RunLock":
         check_output_dir(self.out)
-        if not self.out.exists():
-            self.out.mkdir(parents=True)
-            self._created_out = True
+        self._created = [folder for folder in (self.out, *self.out.parents) if not folder.exists()]
+        self.out.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         mine = self.out / f".{LOCK_FILE}.{me['pid']}"
-        mine.write_text(json.dumps(me) + "\n", encoding="utf-8")
-        fd = os.open(mine, os.O_RDWR)
-        self._fds.append(fd)
-        _try_flock(fd)
         try:
+            mine.write_text(json.dumps(me) + "\n", encoding="utf-8")
+            self._fds.append(os.open(mine, os.O_RDWR))
+            _try_flock(self._fds[-1])
             try:
                 os.link(mine, self.path)
             except FileExistsError:
@@ -89,10 +87,8 @@ class RunLock:
     def _take_over_if_stale(self, mine: Path) -> None:
         try:
             fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:  # its owner just finished: try once more from the start
-            mine.unlink(missing_ok=True)
-            self._close()
-            self.acquire()
+        except FileNotFoundError:  # its owner finished just now
+            os.link(mine, self.path)
             return
         self._fds.append(fd)  # holding the old file's flock keeps a third process from taking it over too
         owner = read_owner(self.path)
@@ -115,11 +111,11 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
         finally:
             self._close()
-        if self._created_out:
+        for folder in self._created:
             try:
-                self.out.rmdir()  # only if the run failed before writing anything
+                folder.rmdir()  # only if the run failed before writing anything
             except OSError:
-                pass
+                break
 
     def _close(self) -> None:
         for fd in self._fds:
