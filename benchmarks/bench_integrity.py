@@ -9,6 +9,7 @@ Saves and loads alternate within one process, so both sides see the same machine
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import statistics
@@ -64,6 +65,9 @@ def main() -> None:
             (median["load with check"], median["load without"])
         print(f"{kind}: {with_:.2f} s with integrity records, {without:.2f} s without "
               f"(+{(with_ / without - 1) * 100:.0f}%, {with_ - without:.2f} s)")
+    block = os.urandom(64 << 20)
+    hashing = statistics.median(timed(lambda: hashlib.sha256(block).digest()) for _ in range(args.rounds))
+    print(f"sha256 on this machine now: {64 / hashing:,.0f} MiB/s (one core; the integrity cost scales with it)")
     seconds = statistics.median(fingerprint)
     print(f"data fingerprint (sha256) of {args.tokens:,} memmapped tokens ({args.tokens * 2 / 2**20:,.0f} MiB): "
           f"{seconds:.2f} s, {args.tokens * 2 / 2**20 / seconds:,.0f} MiB/s")
