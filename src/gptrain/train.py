@@ -41,9 +41,9 @@ from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir
+from gptrain.report import write_report
 from gptrain.resume import data_fingerprint, resume_differences
 from gptrain.runlock import locks_run_dir
-from gptrain.report import write_report
 from gptrain.runtime import (
     Processes,
     max_over_processes,
