@@ -32,13 +32,18 @@ FIXES = {
 }
 
 
+def reason_and_fix(exc: OSError) -> str:
+    """The system's reason and what to do, for a message that names the path itself."""
+    reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    fix = FIXES.get(exc.errno, "check the path and the disk, then run the command again")
+    return f"{reason} ({fix})"
+
+
 def describe_os_error(exc: OSError) -> str:
     """``exc`` as one line: the path(s), the system's reason, and what to do."""
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(paths) if paths else "a file"
-    reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
-    fix = FIXES.get(exc.errno, "check the path and the disk, then run the command again")
-    return f"{where}: {reason} ({fix})"
+    return f"{where}: {reason_and_fix(exc)}"
 
 
 def wrapped_os_error(exc: BaseException) -> OSError | None:

@@ -39,7 +39,7 @@ from gptrain.download import cache_dir, download_file
 from gptrain.errors import GptrainError
 from gptrain.generate import generate
 from gptrain.model import GPTModel, count_parameters, unwrap_model
-from gptrain.oserrors import check_output_dir, describe_os_error, wrapped_os_error
+from gptrain.oserrors import check_output_dir, reason_and_fix, wrapped_os_error
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, get_tokenizer, gpt2_vocab_and_merges
 from gptrain.tokenizer import text_to_token_ids, token_ids_to_text
 
@@ -574,7 +574,7 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
         os_error = wrapped_os_error(exc)
         if os_error is None:
             raise
-        raise GptrainError(f"cannot write {out}: {describe_os_error(os_error)}") from None
+        raise GptrainError(f"cannot write {out}: {reason_and_fix(os_error)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
