@@ -23,7 +23,7 @@ from gptrain.generate import generate
 from gptrain.prepare import prepare
 from gptrain.tokenizer import END_OF_TEXT_ID, get_tokenizer, text_to_token_ids, token_ids_to_text
 
-EXAMPLES = {"tokenizer": 300, "prepare_bytes": 40, "prepare_jsonl": 40, "config": 300, "generate": 40, "eval": 60}
+EXAMPLES = {"tokenizer": 300, "prepare_bytes": 40, "prepare_jsonl": 40, "config": 300, "generate": 25, "eval": 40}
 # Fixtures reused across examples are read-only, or each example writes under its own name.
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
