@@ -10,7 +10,7 @@ from gptrain.checkpoint import load_training_state, resolve_checkpoint
 def test_round_trip_rebuilds_the_model_from_its_own_config(tmp_path, tiny_cfg):
     model = GPTModel(tiny_cfg.replace(qkv_bias=True))
     save_checkpoint(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert loaded.cfg == model.cfg and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -70,9 +70,13 @@ def test_run_directory_resolves_to_final(tmp_path, tiny_cfg):
     (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
     (lambda d: (d / "config.json").unlink(), "not a gptrain checkpoint"),
     (lambda d: (d / "config.json").write_text("{not json"), "is damaged"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20), "damaged or not a safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20), r"model.safetensors is truncated \(20 bytes"),
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:5000]),
+     "model.safetensors is truncated"),
+    # a checkpoint from before manifests: safetensors itself notices
+    (lambda d: [(d / "manifest.json").unlink(), (d / "model.safetensors").write_bytes(b"\x00" * 20)],
      "damaged or not a safetensors file"),
+    (lambda d: (d / "manifest.json").write_text("{"), "manifest.json is damaged"),
 ])
 def test_damaged_checkpoints_are_clear_errors(tmp_path, tiny_cfg, damage, match):
     save_checkpoint(GPTModel(tiny_cfg), tmp_path / "ckpt")

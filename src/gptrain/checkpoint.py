@@ -3,6 +3,7 @@
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
     config.json          the model config, the run's settings, the tokenizer, step and tokens seen
     training_state.pt    optional: optimizer and everything else needed to resume training
+    manifest.json        size and sha256 of every other file, written last (see gptrain.integrity)
 
 A checkpoint is written under a temporary name, fsynced, then renamed into place, so a
 reader sees either the previous complete checkpoint or the new complete one.
@@ -27,6 +28,7 @@ from torch import nn
 
 from gptrain.config import GPTConfig
 from gptrain.errors import GptrainError
+from gptrain.integrity import read_verified, write_manifest
 from gptrain.model import GPTModel, unwrap_model
 from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 
@@ -124,6 +126,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             state["optimizer"] = optimizer.state_dict()
         if state:
             torch.save(state, tmp / STATE_FILE)
+        write_manifest(tmp)  # after every other file: it records what the folder holds
         for file in tmp.iterdir():
             _fsync(file)
         replace_dir(tmp, path)
@@ -209,7 +212,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", wit
     cfg = GPTConfig.from_dict(config["model"])
     with torch.device("meta"):
         model = GPTModel(cfg)
-    load_state_into(model, read_weights(path / WEIGHTS_FILE, device), path / WEIGHTS_FILE)
+    weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, device))
+    load_state_into(model, weights, path / WEIGHTS_FILE)
     model.eval()
     if not with_optimizer:
         return model
@@ -223,10 +227,14 @@ def load_training_state(path: str | Path, map_location: torch.device | str = "cp
     state_file = path / STATE_FILE
     if not state_file.exists():
         return None
-    try:
-        return torch.load(state_file, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged pickle
-        raise GptrainError(f"{state_file} is damaged ({type(exc).__name__}): resume from another checkpoint") from None
+
+    def read():
+        try:
+            return torch.load(state_file, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged pickle
+            raise GptrainError(f"{state_file} is damaged ({type(exc).__name__}): resume from another checkpoint") from None
+
+    return read_verified(path, STATE_FILE, read)
 
 
 # --- Run directories: resumable checkpoints ---
@@ -280,7 +288,7 @@ def prune_checkpoints(out: Path, keep_last: int | None) -> None:
 def copy_weights_into(model: GPTModel, path: Path) -> None:
     """Copy a checkpoint's weights into a live model in place: the optimizer, DDP and torch.compile
     keep holding the same parameters."""
-    weights = read_weights(path / WEIGHTS_FILE, "cpu")
+    weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, "cpu"))
     with torch.no_grad():
         for name, tensor in unwrap_model(model).state_dict().items():
             if name in weights:

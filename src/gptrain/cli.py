@@ -8,6 +8,7 @@ then the flags. A bad input prints one line naming the problem and the fix and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -181,6 +182,9 @@ def add_info_parser(subparsers) -> None:
     )
     p.add_argument("path", metavar="PATH", help=SOURCE_HELP)
     p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
+    p.add_argument("--verify", action="store_true",
+                   help="check the size and sha256 of every file of the checkpoint, or of every checkpoint of a "
+                        "run directory, against the manifest written with it")
     p.set_defaults(handler=run_info)
 
 
@@ -478,9 +482,26 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_verify(path: str) -> int:
+    from gptrain.integrity import verify_path
+
+    results = verify_path(path)
+    for folder, problems in results:
+        print(f"{folder}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for problem in problems:
+            print(f"  {problem}")
+    damaged = [str(folder) for folder, problems in results if problems]
+    if damaged:
+        raise GptrainError(f"{len(damaged)} of {len(results)} checkpoint(s) failed verification ({', '.join(damaged)}): "
+                           "resume or load from one that passed")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
     from gptrain.pretrained import inspect_loaded_model, load_gpt2
 
+    if args.verify:
+        return run_verify(args.path)
     model = load_gpt2(args.path, n_heads=args.n_heads)
     print(f"Source: {args.path}")
     inspect_loaded_model(model)
@@ -559,6 +580,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except GptrainError as exc:
         print(f"gptrain: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader of our output went away (gptrain generate | head): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        # A full disk, a read-only folder, a path through a file ...: from any command, new ones too.
+        from gptrain.oserrors import describe_os_error, wrapped_os_error
+
+        os_error = wrapped_os_error(exc)
+        if os_error is None:
+            raise  # a bug: keep its traceback
+        print(f"gptrain: error: {describe_os_error(os_error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptrain: interrupted", file=sys.stderr)

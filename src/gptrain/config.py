@@ -161,6 +161,7 @@ class TrainConfig:
     stride: int | None = None
 
     def __post_init__(self):
+        _check_types(self)
         for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
             _check_positive_int(name, getattr(self, name))
         for name in ("context_length", "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
@@ -223,6 +224,37 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a finite number", "bool": "true or false"}
+
+
+def _check_types(cfg: Any) -> None:
+    """Each setting has its annotated type: a config file can hold anything (JSON's null, TOML's dates)."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        kinds = [kind.strip() for kind in str(field.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kind = kinds[0]
+        if kind.startswith("tuple[str"):
+            if isinstance(value, str):  # logger = "csv" means a list of one
+                value = (value,)
+                setattr(cfg, field.name, value)
+            ok = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+            expected = "a list of strings"
+        elif kind in _TYPE_NAMES:
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, {"str": str, "int": int}[kind]) and not isinstance(value, bool)
+            expected = _TYPE_NAMES[kind] + (" or none" if "None" in kinds else "")
+        else:
+            continue  # a type this check does not know: its own validation applies
+        if not ok:
+            raise GptrainError(f"{_flag(field.name)} must be {expected}, not {value!r}")
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise GptrainError(f"{_flag(name)} must be a positive integer, not {value!r}")
@@ -243,7 +275,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise GptrainError(f"config file {path} must hold a table of settings")
     # A run's saved config.json nests the training settings under "train".
-    return values.get("train", values)
+    return values["train"] if isinstance(values.get("train"), dict) else values
 
 
 __all__ = [

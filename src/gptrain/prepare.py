@@ -27,6 +27,7 @@ from tqdm import tqdm
 from gptrain.checkpoint import replace_dir, write_json_atomic
 from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
 from gptrain.errors import GptrainError
+from gptrain.oserrors import check_output_dir
 from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
 TEXT_SUFFIXES = {".txt", ".md"}
@@ -216,7 +217,7 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
     """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta."""
     if not 0.0 <= val_fraction < 1.0:
         raise GptrainError(f"--val-fraction must be in [0, 1), not {val_fraction}")
-    out = Path(out)
+    out = check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not ((out / "meta.json").exists() and overwrite):
         hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
         raise GptrainError(f"{out} is not empty: {hint}")

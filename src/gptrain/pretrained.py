@@ -39,6 +39,7 @@ from gptrain.download import cache_dir, download_file
 from gptrain.errors import GptrainError
 from gptrain.generate import generate
 from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.oserrors import check_output_dir, reason_and_fix, wrapped_os_error
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, get_tokenizer, gpt2_vocab_and_merges
 from gptrain.tokenizer import text_to_token_ids, token_ids_to_text
 
@@ -547,7 +548,7 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
     if model.cfg.vocab_size < VOCAB_SIZE:
         raise GptrainError(f"the model has {model.cfg.vocab_size} token embeddings, fewer than GPT-2's tokenizer "
                            f"needs ({VOCAB_SIZE}): it cannot be exported with GPT-2's tokenizer")
-    out = Path(out).expanduser()
+    out = check_output_dir(Path(out).expanduser())
     if not isinstance(source, nn.Module):
         target, model_path = out.resolve(), Path(source).expanduser().resolve()
         if target == model_path or target in model_path.parents or model_path in target.parents:
@@ -568,9 +569,12 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
             with open(file, "rb+") as f:
                 os.fsync(f.fileno())
         replace_dir(tmp, out)
-    except OSError as exc:
+    except (OSError, safetensors.SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GptrainError(f"cannot write {out}: {exc.strerror or exc}") from None
+        os_error = wrapped_os_error(exc)
+        if os_error is None:
+            raise
+        raise GptrainError(f"cannot write {out}: {reason_and_fix(os_error)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gptrain.errors import GptrainError
+from gptrain.oserrors import reason_and_fix
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.jsonl"
@@ -447,5 +448,5 @@ def write_report(runs: str | Path | Sequence[str | Path], out: str | Path | None
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise GptrainError(f"cannot write {out}: {exc.strerror}") from None
+        raise GptrainError(f"cannot write {out}: {reason_and_fix(exc)}") from None
     return out

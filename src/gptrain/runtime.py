@@ -26,7 +26,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise GptrainError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in {"cpu", "cuda", "mps"}:  # torch also names meta, xla, ...
+        raise GptrainError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptrainError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

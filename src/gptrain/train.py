@@ -40,7 +40,10 @@ from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
+from gptrain.oserrors import check_output_dir
 from gptrain.report import write_report
+from gptrain.resume import data_fingerprint, resume_differences
+from gptrain.runlock import locks_run_dir
 from gptrain.runtime import (
     Processes,
     max_over_processes,
@@ -218,6 +221,7 @@ class Run:
     total_steps: int
     echo: Callable[[str], None]
     log: MetricsLog | None = None
+    data_sha256: str | None = None  # of the train and val tokens: a resumed run must see the same
 
     @property
     def global_batch(self) -> int:
@@ -295,7 +299,8 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         )
     total_steps = plan_steps(cfg, steps_per_epoch, global_batch * model_cfg.context_length)
     return Run(cfg, procs, device, model, raw_model, optimizer, scaler, train_windows, val_windows, tokenizer,
-               Path(cfg.out), steps_per_epoch, total_steps, echo)
+               Path(cfg.out), steps_per_epoch, total_steps, echo,
+               data_sha256=data_fingerprint(train_windows.tokens, val_windows.tokens))
 
 
 def new_state() -> dict[str, Any]:
@@ -423,25 +428,24 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
         dist.all_gather_object(rng, rng_state())
     if not run.procs.is_main:
         return
-    training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch}
+    training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch,
+                      "data_sha256": run.data_sha256}
     if not with_training_state:
         training_state = {k: state[k] for k in ("step", "tokens_seen")}
     save_checkpoint(run.raw_model, path, run.optimizer if with_training_state else None,
                     train_config=run.cfg.to_dict(), training_state=training_state)
 
 
-RESUME_MUST_MATCH = ("data", "preset", "context_length", "seed", "stride", "train_ratio", "pad_vocab")
-
-
-def restore(run: Run, state: dict[str, Any], path: Path) -> None:
-    saved_cfg = read_checkpoint_config(path).get("train") or {}
-    for name in RESUME_MUST_MATCH:
-        if name in saved_cfg and saved_cfg[name] != getattr(run.cfg, name):
-            raise GptrainError(
-                f"cannot resume {path} with --{name.replace('_', '-')} {getattr(run.cfg, name)!r}: it was trained "
-                f"with {saved_cfg[name]!r}; keep the setting, or start a new run with another --out"
-            )
+def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]:
+    """Load the checkpoint at ``path`` into the run; returns the settings changed since, ``{name: [was, now]}``."""
+    checkpoint_config = read_checkpoint_config(path)
     saved = load_training_state(path, map_location="cpu")
+    refused, changed = resume_differences(checkpoint_config.get("train") or {}, checkpoint_config["model"],
+                                          saved.get("data_sha256"), run.cfg.to_dict(),
+                                          run.cfg.model_config().to_dict(), run.data_sha256)
+    if refused:
+        raise GptrainError(f"cannot resume {path} with {'; '.join(refused)}: keep these settings, or start a new "
+                           "run with another --out")
     if saved["global_batch"] != run.global_batch:
         raise GptrainError(
             f"cannot resume {path} with a global batch of {run.global_batch} sequences: it was trained with "
@@ -454,6 +458,7 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> None:
         state[key] = saved[key]
     rngs = saved["rng"]
     set_rng_state(rngs[run.procs.rank] if len(rngs) == run.procs.world_size else rngs[0])
+    return changed
 
 
 # --- Stopping on a signal ---
@@ -487,6 +492,7 @@ class StopOnSignal:
 # --- The loop ---
 
 def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    check_output_dir(out)
     existing = [name for name in ("metrics.jsonl", "final", "best", CHECKPOINTS_DIR) if (out / name).exists()]
     if existing and not (overwrite or resume):
         raise GptrainError(
@@ -546,6 +552,7 @@ def print_line(line: str) -> None:
     sys.stdout.flush()
 
 
+@locks_run_dir
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
           echo: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
@@ -568,13 +575,17 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         if not checkpoints:
             raise GptrainError(f"{run.out} holds no complete checkpoint to resume from: train without --resume")
         step, path = checkpoints[-1]
-        restore(run, state, path)
+        resume_changes = restore(run, state, path)
         if main:
             truncate_metrics(run.out, step)
         run.echo(f"Resuming from {path} (step {step}, {state['tokens_seen']:,} tokens seen)")
     if main:
         write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": cfg.to_dict()})
     run.log = MetricsLog(run.out, cfg.logger, enabled=main)
+    if resume:
+        run.log.write("resume", step=step, checkpoint=str(path), changed=resume_changes)
+        for name, (was, now) in resume_changes.items():
+            run.echo(f"Changed on resume: {name} {was!r} -> {now!r}")
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
     ctx = run.raw_model.cfg.context_length
