@@ -10,8 +10,10 @@ import torch
 
 from gptrain import GPTConfig, GPTModel, export_hf, save_checkpoint
 from gptrain.cli import main
+from gptrain.generate import generate_text_simple
 from gptrain.report import read_run
 from gptrain.tasks import encode_pair, evaluate_task, read_task_file, score_examples
+from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
 # The public formats: HellaSwag's validation file (rowanz/hellaswag; the label an int there, a string on
 # the Hugging Face hub), OpenAI's LAMBADA test file, and gptrain's generic multiple choice. Contexts long
@@ -33,7 +35,7 @@ HELLASWAG = [
                  "are still warm [title] Wipe them down.", "Wait.", "Call a friend over to help you."],
      "source_id": "wikihow~17"},
     {"ind": 7, "activity_label": "Making a sandwich", "ctx_a": "A woman spreads butter on bread.", "ctx_b": "she",
-     "split": "val", "split_type": "indomain", "label": 0,
+     "split": "val", "split_type": "indomain", "label": 3,
      "endings": ["adds a slice of ham and cheese.", "throws the bread away.", "café au lait is poured.",
                  "dances."], "source_id": "activitynet~x"},
 ]
@@ -73,6 +75,20 @@ metric_list:
 """
 
 
+def text_ending_in_the_greedy_word(model) -> str:
+    """A random model gets LAMBADA wrong; a text whose last word is the model's own greedy
+    continuation (one whole-word token) is one it gets right, so acc is not stuck at zero."""
+    tokenizer = get_tokenizer()
+    prompt = "The cat sat on the"
+    for _ in range(20):
+        token = generate_text_simple(model, text_to_token_ids(prompt, tokenizer), 1, 64)[0, -1].item()
+        word = tokenizer.decode([token])
+        if word.startswith(" ") and word[1:].isalpha():
+            return prompt + word
+        prompt += " mat and the"
+    raise AssertionError("no whole-word greedy continuation found")
+
+
 def write_jsonl(path: Path, records) -> Path:
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
     return path
@@ -87,7 +103,8 @@ def setup(tmp_path_factory):
     export_hf(model, folder / "hf")
     save_checkpoint(model, folder / "ckpt")
     files = {"hellaswag": write_jsonl(folder / "hellaswag_val.jsonl", HELLASWAG),
-             "lambada": write_jsonl(folder / "lambada_test.jsonl", [{"text": text} for text in LAMBADA]),
+             "lambada": write_jsonl(folder / "lambada_test.jsonl", [{"text": text} for text in
+                                                                   [*LAMBADA, text_ending_in_the_greedy_word(model)]]),
              "mc": write_jsonl(folder / "mc.jsonl", MC)}
     return model, folder, files
 
@@ -143,8 +160,13 @@ def test_multiple_choice_scores_equal_lm_evaluation_harness(setup, harness, task
     assert len(got) == len(expected) == len(files[task].read_text().splitlines())
     for mine, reference in zip(got, expected):
         assert mine == pytest.approx(reference, rel=1e-5, abs=1e-4)
-    # Not a constant: the examples' predictions differ, so equal accuracies mean equal choices.
-    assert len({example["pred"] for example in ours.per_example}) > 1
+    samples = sorted(harness["samples"][f"{task}_local"], key=lambda s: s["doc_id"])
+    for metric, pred in (("acc", "pred"), ("acc_norm", "pred_norm")):
+        mine = [float(example[pred] == example["gold"]) for example in ours.per_example]
+        assert mine == [sample[metric] for sample in samples], metric
+    # Not constants: some examples right, some wrong, and acc_norm choosing otherwise than acc somewhere.
+    assert 0 < ours.metrics["acc"] < 1 and 0 < ours.metrics["acc_norm"] < 1
+    assert any(example["pred"] != example["pred_norm"] for example in ours.per_example)
 
 
 def test_some_inputs_were_cut_to_the_window(setup):
@@ -158,31 +180,14 @@ def test_lambada_accuracy_and_perplexity_equal_lm_evaluation_harness(setup, harn
     model, _, files = setup
     ours = evaluate_task(model, "lambada", files["lambada"], progress=False)
     theirs = harness["results"]["lambada_local"]
-    assert ours.metrics["acc"] == theirs["acc,none"]
+    assert 0 < ours.metrics["acc"] < 1 and ours.metrics["acc"] == theirs["acc,none"]
+    samples = sorted(harness["samples"]["lambada_local"], key=lambda s: s["doc_id"])
+    assert [float(example["greedy"]) for example in ours.per_example] == [sample["acc"] for sample in samples]
     assert ours.metrics["acc_stderr"] == pytest.approx(theirs["acc_stderr,none"], abs=1e-12)
     assert ours.metrics["perplexity"] == pytest.approx(theirs["perplexity,none"], rel=1e-4)
     lls = [example["loglikelihood"] for example in ours.per_example]
     assert lls == pytest.approx([ll[0] for ll in harness_loglikelihoods(harness, "lambada")], rel=1e-5, abs=1e-4)
     assert math.isfinite(ours.metrics["perplexity_stderr"]) and ours.metrics["perplexity_stderr"] > 0
-
-
-def test_greedy_accuracy_sees_a_last_word_the_model_predicts(setup):
-    """A random model gets LAMBADA wrong; an example whose last word is the model's own greedy
-    continuation is counted right, so acc is not stuck at zero."""
-    model, folder, files = setup
-    from gptrain.generate import generate_text_simple
-    from gptrain.tokenizer import get_tokenizer, text_to_token_ids
-
-    tokenizer = get_tokenizer()
-    prompt = "The cat sat on the"
-    for _ in range(20):  # extend the prompt until the model's next token is a whole word
-        token = generate_text_simple(model, text_to_token_ids(prompt, tokenizer), 1, 64)[0, -1].item()
-        word = tokenizer.decode([token])
-        if word.startswith(" ") and word.strip() and " " not in word.strip():
-            break
-        prompt += " the"
-    path = write_jsonl(folder / "greedy.jsonl", [{"text": prompt + word}])
-    assert evaluate_task(model, "lambada", path, progress=False).metrics["acc"] == 1.0
 
 
 def test_batch_size_and_limit(setup):
