@@ -265,6 +265,7 @@ def test_bad_task_input_is_one_line_and_exit_2(setup, tmp_path, capsys, task, co
     (["--task", "mc", "--data", "/no/such.jsonl"], "task file /no/such.jsonl does not exist"),
     (["--task", "mc", "--data", "MC", "--limit", "0"], "--limit must be at least 1, not 0"),
     (["--data", "MC", "--limit", "3"], "--limit counts the examples of a --task"),
+    (["--task", "mc", "--data", "MC", "--stride", "8"], "--stride is for scoring a text and does not apply to --task"),
 ])
 def test_bad_task_flags(setup, capsys, flags, message):
     _, folder, files = setup

@@ -561,6 +561,10 @@ def run_eval_task(args: argparse.Namespace) -> int:
 
     if args.task is None:
         raise GptrainError("--limit counts the examples of a --task: give --task hellaswag, lambada or mc")
+    for flag in ("split", "context_length", "stride"):
+        if getattr(args, flag) is not None:
+            raise GptrainError(f"--{flag.replace('_', '-')} is for scoring a text and does not apply to --task: "
+                               "leave it out")
     # The task file is checked before the model is loaded: a bad line costs no waiting.
     examples = read_task_file(check_task_name(args.task), args.data, args.limit)
     device = resolve_device(args.device)
