@@ -380,10 +380,11 @@ def lambada_metrics(scores: list[list[tuple[float, bool]]]) -> tuple[dict, list]
     the delta method's, perplexity x the standard error of the mean log-likelihood."""
     lls = [score[0][0] for score in scores]
     correct = [float(score[0][1]) for score in scores]
-    perplexity = math.exp(-sum(lls) / len(lls))
+    mean_ll = sum(lls) / len(lls)
+    perplexity = math.exp(-mean_ll) if -mean_ll < 709 else math.inf  # past exp's float range: infinite
     ll_stderr = mean_stderr(lls)
     metrics = {"acc": sum(correct) / len(correct), "acc_stderr": mean_stderr(correct), "perplexity": perplexity,
-               "perplexity_stderr": None if ll_stderr is None else perplexity * ll_stderr}
+               "perplexity_stderr": None if ll_stderr is None or math.isinf(perplexity) else perplexity * ll_stderr}
     return metrics, [{"loglikelihood": ll, "greedy": bool(c)} for ll, c in zip(lls, correct)]
 
 
