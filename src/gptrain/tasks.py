@@ -414,8 +414,8 @@ def format_result(result: TaskResult) -> str:
         if name.endswith("_stderr"):
             continue
         stderr = result.metrics.get(f"{name}_stderr")
-        figure = f"{value:.2f}" if name == "perplexity" else f"{value:.4f}"
-        parts.append(f"{name} {figure}" + ("" if stderr is None else f" ± {stderr:.4f}"))
+        digits = 2 if name == "perplexity" else 4
+        parts.append(f"{name} {value:.{digits}f}" + ("" if stderr is None else f" ± {stderr:.{digits}f}"))
     return (f"{result.task}: " + "   ".join(parts) + f"   ({result.examples:,} examples in {result.seconds:.1f} s, "
             f"{result.examples_per_s:,.1f} examples/s)")
 
