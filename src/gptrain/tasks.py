@@ -36,11 +36,11 @@ from torch import nn
 from tqdm import tqdm
 
 from gptrain.errors import GptrainError
+from gptrain.evaluate import AUTOCAST_DTYPES
 from gptrain.model import unwrap_model
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
 TASKS = ("hellaswag", "lambada", "mc")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
