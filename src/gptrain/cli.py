@@ -69,6 +69,11 @@ def add_train_parser(subparsers) -> None:
                         "checkpoints are unchanged [on with CUDA]")
     p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
+    p.add_argument("--eval-task", action="append", default=s, metavar="NAME:FILE",
+                   help="score a benchmark during training (hellaswag, lambada or mc, and its jsonl file); repeatable")
+    p.add_argument("--eval-task-every", type=int, default=s, help="score the --eval-task benchmarks every N steps "
+                                                                  "[every evaluation]")
+    p.add_argument("--eval-task-limit", type=int, default=s, help="score only each benchmark's first N examples [all]")
     p.add_argument("--early-stop-patience", type=int, default=s,
                    help="stop when validation loss has not improved for N evaluations (best/ keeps the best)")
     p.add_argument("--log-every", type=int, default=s, help="write a train record to metrics.jsonl every N steps [1]")
@@ -222,11 +227,15 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part [0.9]")
     p.add_argument("--context-length", type=int, default=None, help="tokens per window [the model's context]")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass [8]")
+    p.add_argument("--batch-size", type=int, default=8, help="windows (with --task: examples) per forward pass [8]")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " [auto]")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--task", default=None, metavar="TASK",
+                   help="score a benchmark instead of a text: hellaswag, lambada or mc (multiple choice); --data is "
+                        "its jsonl file (see docs/tasks.md)")
+    p.add_argument("--limit", type=int, default=None, help="with --task: score only the first N examples")
     p.set_defaults(handler=run_eval)
 
 
@@ -543,6 +552,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.task is not None or args.limit is not None:
+        return run_eval_task(args)
     device = resolve_device(args.device)
     model = load_eval_model(args.checkpoint, args.pretrained, device)
     context = model.cfg.context_length if args.context_length is None else args.context_length
@@ -559,6 +570,32 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:,.2f}   "
           f"{result.bits_per_byte:.4f} bits/byte   ({result.scored_tokens:,} tokens scored in "
           f"{result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s)")
+    return 0
+
+
+def run_eval_task(args: argparse.Namespace) -> int:
+    import json
+
+    from gptrain.evaluate import load_eval_model
+    from gptrain.runtime import resolve_device, resolve_precision
+    from gptrain.tasks import check_task_name, evaluate_task, format_result, read_task_file
+
+    if args.task is None:
+        raise GptrainError("--limit counts the examples of a --task: give --task hellaswag, lambada or mc")
+    for flag in ("split", "context_length", "stride"):
+        if getattr(args, flag) is not None:
+            raise GptrainError(f"--{flag.replace('_', '-')} is for scoring a text and does not apply to --task: "
+                               "leave it out")
+    # The task file is checked before the model is loaded: a bad line costs no waiting.
+    examples = read_task_file(check_task_name(args.task), args.data, args.limit)
+    device = resolve_device(args.device)
+    model = load_eval_model(args.checkpoint, args.pretrained, device)
+    result = evaluate_task(model, args.task, examples, batch_size=args.batch_size,
+                           precision=resolve_precision(args.precision, device), source=args.data)
+    if args.json:
+        print(json.dumps({"model": args.checkpoint or args.pretrained, **result.to_dict()}))
+    else:
+        print(format_result(result))
     return 0
 
 

@@ -159,6 +159,11 @@ class TrainConfig:
     sample_tokens: int = 50
     train_ratio: float = 0.9
     stride: int | None = None
+    # Benchmark tasks scored during training, as NAME:FILE (see gptrain.tasks); every N steps
+    # (None: at every evaluation) on the first eval_task_limit examples (None: all).
+    eval_task: tuple[str, ...] = ()
+    eval_task_every: int | None = None
+    eval_task_limit: int | None = None
 
     def __post_init__(self):
         _check_types(self)
@@ -193,6 +198,17 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         get_preset(self.preset)
+        self.check_eval_tasks()
+
+    def check_eval_tasks(self) -> None:
+        from gptrain.tasks import parse_task_spec
+
+        self.eval_task = (self.eval_task,) if isinstance(self.eval_task, str) else tuple(self.eval_task)
+        for spec in self.eval_task:
+            parse_task_spec(spec)
+        for name in ("eval_task_every", "eval_task_limit"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""

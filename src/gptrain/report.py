@@ -29,7 +29,8 @@ from gptrain.oserrors import reason_and_fix
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.jsonl"
-PLOTTED_EVENTS = {"train", "eval", "sample"}
+PLOTTED_EVENTS = {"train", "eval", "sample", "task"}
+TASK_ACCURACIES = ("acc", "acc_norm")  # the benchmark scores plotted; perplexity gets its own panel
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunLog:
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # benchmark scores (gptrain.tasks)
     notes: list[dict[str, Any]] = field(default_factory=list)  # every other kind of record, in order
 
 
@@ -79,7 +81,7 @@ def read_run(path: str | Path) -> RunLog:
             run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
             continue
         kind = record.get("event")
-        {"train": run.train, "eval": run.evals, "sample": run.samples}.get(kind, run.notes).append(record)
+        {"train": run.train, "eval": run.evals, "sample": run.samples, "task": run.tasks}.get(kind, run.notes).append(record)
     return run
 
 
@@ -219,6 +221,40 @@ def _figures(runs: list[RunLog]) -> dict[str, str]:
     for name, (series_of, ylabel, zero_line) in panels.items():
         fig, ax = plt.subplots(figsize=(6, 3.4))
         per_run(ax, series_of, ylabel, zero_line)
+        images[name] = _png(fig)
+    if any(run.tasks for run in runs):
+        images.update(_task_figures(runs, plt, colors))
+    return images
+
+
+def _task_figures(runs: list[RunLog], plt, colors: list[str]) -> dict[str, str]:
+    """Benchmark accuracies (with their standard errors) and perplexities against tokens seen."""
+    images = {}
+    for name, metrics, ylabel in (("task_acc", TASK_ACCURACIES, "accuracy"), ("task_perplexity", ("perplexity",),
+                                                                                "perplexity (log scale)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        line = 0
+        for run in runs:
+            for task in dict.fromkeys(str(r.get("task")) for r in run.tasks):
+                records = [r for r in run.tasks if str(r.get("task")) == task]
+                for metric in metrics:
+                    xs, ys = _series(records, "tokens_seen", metric)
+                    if not ys:
+                        continue
+                    errors = [_number(r.get(f"{metric}_stderr")) or 0.0 for r in records
+                              if None not in (_number(r.get("tokens_seen")), _number(r.get(metric)))]
+                    label = f"{task} {metric}" if len(runs) == 1 else f"{run.name}: {task} {metric}"
+                    ax.errorbar(xs, ys, yerr=errors, color=colors[line % len(colors)], marker=".", capsize=2,
+                                label=label)
+                    line += 1
+        if name == "task_perplexity":
+            if not line:  # no lambada-like task: no empty panel
+                plt.close(fig)
+                continue
+            ax.set_yscale("log")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel(ylabel)
+        _finish(ax, outside=True)
         images[name] = _png(fig)
     return images
 
@@ -408,12 +444,22 @@ best model is the one with the lowest validation loss (the star), saved in best/
 {_img(images, "tokens_per_s", "tokens per second")}
 {_img(images, "grad_norm", "gradient norm")}
 </div>
-<h2>Samples</h2>
+{_tasks_section(images)}<h2>Samples</h2>
 {_samples(runs)}
 <h2>Config</h2>
 {_config(runs)}
 </body></html>
 """
+
+
+def _tasks_section(images: dict[str, str]) -> str:
+    if "task_acc" not in images:
+        return ""
+    return ('<h2>Benchmarks</h2>\n<p class="muted">Scores of --eval-task benchmarks (gptrain.tasks) during training, '
+            'with their standard errors.</p>\n<div class="grid">'
+            + _img(images, "task_acc", "benchmark accuracy against tokens seen")
+            + (_img(images, "task_perplexity", "benchmark perplexity against tokens seen")
+               if "task_perplexity" in images else "") + "</div>\n")
 
 
 def _unique_names(runs: list[RunLog]) -> None:

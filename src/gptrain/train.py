@@ -53,6 +53,7 @@ from gptrain.runtime import (
     retain_freed_memory,
     start_processes,
 )
+from gptrain.tasks import load_training_tasks, log_task_scores
 from gptrain.tokenizer import END_OF_TEXT, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 
@@ -568,6 +569,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     cfg = run.cfg  # resolved
     main = run.procs.is_main
     state = new_state()
+    eval_tasks = load_training_tasks(cfg.eval_task, cfg.eval_task_limit) if main else []
     if main:
         prepare_run_dir(run.out, overwrite, resume)
     if resume:
@@ -620,6 +622,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 early_stop = False
                 if main and global_step % cfg.eval_freq == 0:
                     early_stop = log_evaluation(run, state, global_step, started)
+                if eval_tasks and global_step % (cfg.eval_task_every or cfg.eval_freq) == 0:
+                    log_task_scores(run, eval_tasks, global_step, state["tokens_seen"])
                 if main and state["epoch"] > epoch_before and cfg.sample_tokens:
                     sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context,
                                          cfg.sample_tokens)
