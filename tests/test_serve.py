@@ -2,11 +2,13 @@
 
 import concurrent.futures
 import contextlib
+import html
 import http.client
 import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,6 +335,42 @@ def test_the_distribution_before_and_after_temperature_and_filtering(url, refere
     assert [row["after_filtering"] for row in rows] == pytest.approx(kept + [0, 0], rel=1e-4)
     code, answer = post(url, "/v1/distribution", b'{"prompt": "x", "temperature": -1}')
     assert code == 400 and answer["error"]["param"] == "temperature"
+
+
+# --- The playground, in a real browser ---
+
+def chromium(url: str, profile, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=30000", "--window-size=1300,900", *extra, url],
+        capture_output=True, text=True, timeout=180)
+
+
+def test_the_playground_streams_and_shows_the_distribution_in_headless_chromium(url, reference, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+
+    def page(query: str) -> str:
+        result = chromium(f"{url}/?{query}", tmp_path / "profile", "--dump-dom")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line] == []
+        return result.stdout
+
+    def column(dom: str, name: str) -> list[float]:
+        return [float(width) for width in re.findall(rf'class="bar {name}"><div style="width: ([\d.]+)%;', dom)]
+
+    dom = page("prompt=Every+effort+moves+you&temperature=0&max_tokens=20&seed=1&run=1")
+    completion = re.search(r'id="completion">([^<]*)</span>', dom).group(1)
+    assert html.unescape(completion) == expected_text(reference, "Every effort moves you", 20)
+    assert 'data-done="length"' in dom
+    cold, hot = page("temperature=0.5&top_k=5"), page("temperature=2&top_k=5")
+    assert len(column(cold, "raw")) == 12 and column(cold, "raw") == column(hot, "raw")
+    assert column(cold, "kept")[0] > column(hot, "kept")[0] + 1  # a hotter softmax is flatter
+    assert column(hot, "kept")[5:] == [0.0] * 7 and sum(column(hot, "kept")) == pytest.approx(100, abs=0.1)
+    result = chromium(f"{url}/?temperature=1.5&top_k=40&top_p=0.9&run=1", tmp_path / "profile",
+                      f"--screenshot={tmp_path / 'playground.png'}")
+    assert result.returncode == 0 and (tmp_path / "playground.png").stat().st_size > 10_000
 
 
 # --- The engine alone ---
