@@ -6,7 +6,6 @@ import html
 import http.client
 import json
 import math
-import os
 import re
 import shutil
 import signal

@@ -314,7 +314,8 @@ class BatchingEngine:
             sequence.finish_reason = "stop"
             return False
         # The next step feeds this token at position len(prompt) + len(tokens) - 1.
-        if len(sequence.tokens) >= sequence.max_tokens or len(sequence.prompt) + len(sequence.tokens) > self.context_length:
+        window_full = len(sequence.prompt) + len(sequence.tokens) > self.context_length
+        if len(sequence.tokens) >= sequence.max_tokens or window_full:
             sequence.finish_reason = "length"
             return False
         return True

@@ -125,6 +125,10 @@ class DistributionRequest(BaseModel):
     count: int = 10
 
 
+def stop_strings(request: CompletionRequest) -> list[str]:
+    return [request.stop] if isinstance(request.stop, str) else request.stop or []
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not (math.isfinite(temperature) and temperature >= 0):
         raise APIError(400, f"temperature must be >= 0 (0 is greedy), not {temperature}", "temperature")
@@ -286,18 +290,19 @@ class CompletionService:
             raise APIError(400, f"seed must fit in 64 bits, not {request.seed}", "seed")
         if request.truncate_prompt_tokens is not None and request.truncate_prompt_tokens < 1:
             raise APIError(400, "truncate_prompt_tokens must be at least 1", "truncate_prompt_tokens")
-        stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+        stops = stop_strings(request)
         if len(stops) > MAX_STOP_SEQUENCES or not all(stops):
             raise APIError(400, f"stop takes up to {MAX_STOP_SEQUENCES} non-empty strings", "stop")
         check_sampling(1.0 if request.temperature is None else request.temperature, request.top_k, request.top_p)
 
-    def sequences(self, request: CompletionRequest, prompts: list[list[int]], events: asyncio.Queue) -> list[ServedSequence]:
+    def sequences(self, request: CompletionRequest, prompts: list[list[int]],
+                  events: asyncio.Queue) -> list[ServedSequence]:
         loop = asyncio.get_running_loop()
-        stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+        stops = stop_strings(request)
         n = request.n or 1
         sequences = []
         for prompt_index, prompt in enumerate(prompts):
-            echoed = len(self.tokenizer.decode(prompt)) if request.echo else 0
+            echo_length = len(self.tokenizer.decode(prompt)) if request.echo else 0
             for i in range(n):
                 generator = torch.Generator(device=self.engine.device)
                 if request.seed is None:
@@ -305,7 +310,7 @@ class CompletionService:
                 else:  # choice i of a seeded request draws as a request with seed + i would
                     generator.manual_seed((request.seed + i) % (1 << 64))
                 sequences.append(ServedSequence(
-                    prompt_index * n + i, loop, events, self.tokenizer, stops, echoed, prompt=prompt,
+                    prompt_index * n + i, loop, events, self.tokenizer, stops, echo_length, prompt=prompt,
                     max_tokens=16 if request.max_tokens is None else request.max_tokens,
                     temperature=1.0 if request.temperature is None else request.temperature,
                     top_k=request.top_k, top_p=request.top_p, generator=generator, logprobs=request.logprobs,
@@ -345,7 +350,6 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
         engine.stop()
 
     app = FastAPI(title="gptrain", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
