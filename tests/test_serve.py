@@ -255,6 +255,7 @@ BAD_REQUESTS = [
     (b'{"prompt": "Hi", "n": 0}', 400, "n"),
     (b'{"prompt": "Hi", "logprobs": 21}', 400, "logprobs"),
     (b'{"prompt": "' + b"word " * 200 + b'"}', 400, "prompt"),
+    (b'{"prompt": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"], "n": 8}', 400, "prompt"),  # 88 > 16 + 64
     (b'{"prompt": "Hi", "model": "gpt-4"}', 404, "model"),
     (b'{"prompt": "' + b"x" * 70000 + b'"}', 413, None),
 ]

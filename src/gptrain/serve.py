@@ -413,6 +413,10 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
         params = parse_body(await read_body(request), CompletionRequest)
         service.check(params)
         prompts = service.prompts(params)
+        capacity = cfg.max_batch + cfg.max_queue
+        if len(prompts) * (params.n or 1) > capacity:
+            raise APIError(400, f"{len(prompts)} prompts x n = {len(prompts) * (params.n or 1)} sequences, more than "
+                                f"the server ever holds ({capacity}): split the request", "prompt")
         events: asyncio.Queue = asyncio.Queue()
         sequences = service.sequences(params, prompts, events)
         try:
