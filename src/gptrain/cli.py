@@ -247,22 +247,21 @@ def add_serve_parser(subparsers) -> None:
                     "streamed or not), GET /health, and a playground page at /. Concurrent requests share forward "
                     "passes (continuous batching). Ctrl-C or SIGTERM stops it; running requests get "
                     "--shutdown-timeout seconds to finish.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_source_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 is every interface [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one [8000]")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on the API (default: $GPTRAIN_API_KEY, else no key)")
+                   help="require 'Authorization: Bearer KEY' on the API [$GPTRAIN_API_KEY, else none]")
     p.add_argument("--model-name", default=None, help="the model id clients name [the checkpoint's folder name]")
-    p.add_argument("--max-batch", type=int, default=16, help="sequences generated together")
-    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot (503 beyond)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
     p.add_argument("--max-tokens", type=int, default=None, help="cap on a request's max_tokens [the model's context]")
-    p.add_argument("--max-n", type=int, default=8, help="cap on a request's n")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    p.add_argument("--max-n", type=int, default=8, help="cap on a request's n [8]")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body in bytes; 413 beyond [1 MiB]")
     p.add_argument("--shutdown-timeout", type=float, default=5.0,
-                   help="seconds running requests get to finish after Ctrl-C or SIGTERM")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+                   help="seconds running requests get to finish after Ctrl-C or SIGTERM [5]")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " [auto]")
     p.set_defaults(handler=run_serve)
 
 
