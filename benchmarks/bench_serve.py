@@ -108,6 +108,7 @@ def main() -> None:
     print(f"{machine_description(torch.device('cpu'))}; the server runs {args.threads or torch.get_num_threads()} "
           "torch threads")
     print(f"command: python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}".rstrip())
+    print("load average (1, 5, 15 min) at the start: %.1f %.1f %.1f" % os.getloadavg())
     print(f"GPT-2 124M (random weights, context 1024), greedy, {args.new_tokens} new tokens per client, streamed; "
           "clients are threads of this process, the server a child process")
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +129,7 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(timeout=60)
+    print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
     single = {label: figures["tokens_per_s"] for label, clients, figures in rows if clients == 1}
     print("\n| server | clients | aggregate tokens/s | vs 1 client | TTFT p50 | TTFT p95 | time between tokens p50 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
