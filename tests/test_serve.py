@@ -284,6 +284,10 @@ def test_what_openai_allows_is_answered(url, client):
         client.completions.create(model="tiny", prompt=[1] * 129)
     response = client.completions.create(model="tiny", prompt=[[464, 3290], [40]], max_tokens=3, temperature=0)
     assert len(response.choices) == 2 and response.usage.prompt_tokens == 3
+    # max_tokens 0 with echo and logprobs scores a text without generating.
+    scored = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=0).choices[0]
+    assert scored.text == PROMPTS[0] and scored.finish_reason == "length"
+    assert len(scored.logprobs.token_logprobs) == 4 and scored.logprobs.token_logprobs[0] is None
 
 
 def test_a_full_queue_answers_503_and_the_others_complete(checkpoint, reference):

@@ -254,14 +254,14 @@ class BatchingEngine:
                             future.set_exception(exc)
                 try:
                     self._leave([i for i, sequence in enumerate(self.running) if sequence.cancelled])
-                    for sequence in admitted:
-                        self._join(sequence)
+                    self._admit(admitted)
                     if self.running:
                         self._decode_step()
                 except Exception:  # a failed step must not leave its requests waiting forever
                     traceback.print_exc()
-                    for sequence in [*self.running, *(s for s in admitted if not s.done.is_set())]:
-                        self._finish(sequence, "error")
+                    for sequence in [*self.running, *admitted]:
+                        if not sequence.done.is_set():
+                            self._finish(sequence, "error")
                     self.running = []
             with self.wakeup:
                 for sequence in [*self.running, *self.waiting]:
@@ -270,26 +270,42 @@ class BatchingEngine:
                 for _, future in self.calls:
                     future.cancel()
 
-    def _join(self, sequence: Sequence) -> None:
-        """Feed the prompt into the next free slot and pick the first token."""
-        if sequence.cancelled:
-            return self._finish(sequence, "cancelled")
-        slot = len(self.running)
-        self.cache.lengths[slot] = 0
-        self.cache.select(slot, slot + 1, self.device)
-        prompt = torch.tensor([sequence.prompt], device=self.device)
-        logits = self.model(prompt, self.cache, last_only=not sequence.prompt_logprobs)[0]
-        if sequence.prompt_logprobs:
-            logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-            infos = [TokenInfo(sequence.prompt[0])]
-            for position, token in enumerate(sequence.prompt[1:]):
-                infos.append(self._token_info(token, logprobs[position], sequence.logprobs or 0))
-            sequence.on_prompt(infos)
-        self.running.append(sequence)
-        if sequence.max_tokens == 0:
-            self._leave([slot], "length")
-        elif not self._advance(sequence, logits[-1:]):
-            self._leave([slot])
+    def _admit(self, sequences: list[Sequence]) -> None:
+        same_length: dict[int, list[Sequence]] = {}
+        for sequence in sequences:
+            if sequence.cancelled:
+                self._finish(sequence, "cancelled")
+            else:
+                same_length.setdefault(len(sequence.prompt), []).append(sequence)
+        for group in same_length.values():
+            self._join(group)
+
+    def _join(self, sequences: list[Sequence]) -> None:
+        """Feed prompts of one length into the next free slots, in one forward pass, and pick their first tokens.
+
+        (The ``n`` choices of a request share their prompt, so they join together.)
+        """
+        first = len(self.running)
+        for slot in range(first, first + len(sequences)):
+            self.cache.lengths[slot] = 0
+        self.cache.select(first, first + len(sequences), self.device)
+        prompts = torch.tensor([sequence.prompt for sequence in sequences], device=self.device)
+        logits = self.model(prompts, self.cache, last_only=not any(s.prompt_logprobs for s in sequences))
+        self.running.extend(sequences)
+        done = []
+        for row, sequence in enumerate(sequences):
+            if sequence.prompt_logprobs:
+                logprobs = torch.log_softmax(logits[row, :-1].float(), dim=-1)
+                infos = [TokenInfo(sequence.prompt[0])]
+                for position, token in enumerate(sequence.prompt[1:]):
+                    infos.append(self._token_info(token, logprobs[position], sequence.logprobs or 0))
+                sequence.on_prompt(infos)
+            if sequence.max_tokens == 0:
+                sequence.finish_reason = "length"
+                done.append(first + row)
+            elif not self._advance(sequence, logits[row, -1:]):
+                done.append(first + row)
+        self._leave(done)
 
     def _decode_step(self) -> None:
         self.cache.select(0, len(self.running), self.device)
@@ -326,7 +342,7 @@ class BatchingEngine:
         alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
         return TokenInfo(token, logprobs[token].item(), alternatives)
 
-    def _leave(self, slots: list[int], reason: str | None = None) -> None:
+    def _leave(self, slots: list[int]) -> None:
         """Take the sequences in ``slots`` out of the batch, moving the last running ones into their slots."""
         for slot in sorted(slots, reverse=True):
             sequence = self.running[slot]
@@ -335,7 +351,7 @@ class BatchingEngine:
                 self.cache.move(last, slot)
                 self.running[slot] = self.running[last]
             self.running.pop()
-            self._finish(sequence, "cancelled" if sequence.cancelled else reason or sequence.finish_reason)
+            self._finish(sequence, "cancelled" if sequence.cancelled else sequence.finish_reason)
 
     def _finish(self, sequence: Sequence, reason: str) -> None:
         sequence.finish_reason = reason
