@@ -114,28 +114,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(123)
         checkpoint = save_checkpoint(GPTModel(get_preset("124M")), Path(tmp) / "gpt2-124M-random")
-        rows = []
-        for label, max_batch in [("batched (--max-batch 16)", 16)] + ([] if args.skip_unbatched else
-                                                                      [("one at a time (--max-batch 1)", 1)]):
-            process, host = start_server(checkpoint, max_batch, args.threads)
-            try:
-                run_load(host, 1, 8)  # warm-up: first allocations, lazy initialisations
-                for clients in args.clients:
-                    figures = run_load(host, clients, args.new_tokens)
-                    rows.append((label, clients, figures))
+        servers = {"batched (--max-batch 16)": 16, **({} if args.skip_unbatched else {"one at a time (--max-batch 1)": 1})}
+        processes, hosts = [], {}
+        try:
+            for label, max_batch in servers.items():
+                process, hosts[label] = start_server(checkpoint, max_batch, args.threads)
+                processes.append(process)
+                run_load(hosts[label], 1, 8)  # warm-up: first allocations, lazy initialisations
+            rows = []
+            for clients in args.clients:
+                # The machine's load drifts: each load is measured next to a one-client run on the
+                # batching server, and the ratio is taken against that neighbour.
+                single = run_load(hosts["batched (--max-batch 16)"], 1, args.new_tokens)
+                for label in servers:
+                    figures = run_load(hosts[label], clients, args.new_tokens)
+                    rows.append((label, clients, figures, figures["tokens_per_s"] / single["tokens_per_s"]))
                     print(f"{label}, {clients} clients: {figures['tokens']} tokens in {figures['seconds']:.1f} s, "
-                          f"{figures['tokens_per_s']:.1f} tokens/s, TTFT p50 {figures['ttft_p50']:.2f} s, "
+                          f"{figures['tokens_per_s']:.1f} tokens/s ({rows[-1][3]:.2f}x the one-client run just before: "
+                          f"{single['tokens_per_s']:.1f}), TTFT p50 {figures['ttft_p50']:.2f} s, "
                           f"p95 {figures['ttft_p95']:.2f} s, TBT p50 {1000 * figures['tbt_p50']:.0f} ms", flush=True)
-            finally:
+        finally:
+            for process in processes:
                 process.terminate()
                 process.wait(timeout=60)
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
-    single = {label: figures["tokens_per_s"] for label, clients, figures in rows if clients == 1}
-    print("\n| server | clients | aggregate tokens/s | vs 1 client | TTFT p50 | TTFT p95 | time between tokens p50 |")
+    print("\n| server | clients | aggregate tokens/s | vs 1 client (batched, measured just before) | TTFT p50 | "
+          "TTFT p95 | time between tokens p50 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, clients, f in rows:
-        ratio = f"{f['tokens_per_s'] / single[label]:.2f}x" if label in single else ""
-        print(f"| {label} | {clients} | {f['tokens_per_s']:.1f} | {ratio} | {f['ttft_p50']:.2f} s | "
+    for label, clients, f, ratio in rows:
+        print(f"| {label} | {clients} | {f['tokens_per_s']:.1f} | {ratio:.2f}x | {f['ttft_p50']:.2f} s | "
               f"{f['ttft_p95']:.2f} s | {1000 * f['tbt_p50']:.0f} ms |")
 
 
