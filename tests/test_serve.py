@@ -1,0 +1,459 @@
+"""`gptrain serve`: the official openai client against a real uvicorn server on a loopback port."""
+
+import concurrent.futures
+import contextlib
+import html
+import http.client
+import json
+import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import torch
+
+from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, save_checkpoint
+from gptrain.batching import BatchingEngine, QueueFull, Sequence
+from gptrain.cli import main
+from gptrain.generate import generate
+from gptrain.serve import ServeConfig, make_server, url_of
+
+CONTEXT = 128
+PROMPTS = ["Every effort moves you", "I had always thought Jack Gisburn", "Hello", "The sketch of the donkey",
+           "Grüße 🙂", "1 2 3", "She wanted him vindicated", "It was no great surprise to me"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50257, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    return save_checkpoint(GPTModel(cfg), tmp_path_factory.mktemp("serve") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """The same weights, loaded apart from the server's copy, for the expected tokens."""
+    return load_checkpoint(checkpoint).eval()
+
+
+@contextlib.contextmanager
+def running_server(checkpoint, **settings):
+    cfg = ServeConfig(port=0, model_name="tiny", **settings)
+    server, sock = make_server(load_checkpoint(checkpoint), cfg)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture(scope="module")
+def url(checkpoint):
+    with running_server(checkpoint, max_batch=16, max_tokens=100, max_body_bytes=64 * 1024) as url:
+        yield url
+
+
+@pytest.fixture
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def health(url) -> dict:
+    with urllib.request.urlopen(url + "/health") as response:
+        return json.loads(response.read())
+
+
+def post(url, path, body: bytes, headers=None) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def expected_text(model, prompt: str, max_tokens: int, **sampling) -> str:
+    tokenizer = get_tokenizer()
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    out = generate(model, ids, max_tokens, CONTEXT, eos_id=50256, **sampling)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+
+# --- The API ---
+
+def test_models_and_health(client, url):
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").max_model_len == CONTEXT
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    state = health(url)
+    assert state["status"] == "ok" and state["model"] == "tiny" and state["max_batch"] == 16
+
+
+def test_greedy_and_seeded_completions_equal_gptrain_generate(client, checkpoint, capsys):
+    for flags, sampling in [([], dict(temperature=0)),
+                            (["--temperature", "1.3", "--top-k", "30", "--top-p", "0.8", "--seed", "3"],
+                             dict(temperature=1.3, top_p=0.8, seed=3, extra_body={"top_k": 30}))]:
+        capsys.readouterr()
+        assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", PROMPTS[0], "--max-new-tokens", "25",
+                     "--no-stream", *flags]) == 0
+        cli_text = capsys.readouterr().out[:-1]  # print's newline
+        response = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=25, **sampling)
+        choice = response.choices[0]
+        assert PROMPTS[0] + choice.text == cli_text
+        assert choice.finish_reason == "length" and choice.index == 0
+        assert response.usage.prompt_tokens == 4 and response.usage.completion_tokens == 25
+        assert response.usage.total_tokens == 29 and response.model == "tiny"
+        assert response.object == "text_completion" and response.id.startswith("cmpl-")
+
+
+def test_streamed_text_equals_plain_text(client, url):
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[4], max_tokens=30, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[4], max_tokens=30, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert len(chunks) >= 20  # token by token
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == plain.choices[0].text
+    assert [chunk.choices[0].finish_reason for chunk in chunks[:-1]][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 30
+    # On the wire: server-sent events ending with [DONE].
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 3, "stream": True}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    events = [line for line in response.read().decode().split("\n\n") if line]
+    assert all(event.startswith("data: ") for event in events) and events[-1] == "data: [DONE]"
+    connection.close()
+
+
+def test_logprobs_are_the_models_and_echo_returns_the_prompt(client, reference):
+    response = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=6, temperature=0, logprobs=3,
+                                         echo=True)
+    choice = response.choices[0]
+    tokenizer = get_tokenizer()
+    prompt_ids = tokenizer.encode(PROMPTS[1])
+    assert choice.text.startswith(PROMPTS[1])
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == len(prompt_ids) + 6 and logprobs.token_logprobs[0] is None
+    assert "".join(logprobs.tokens) == choice.text
+    assert logprobs.text_offset[len(prompt_ids)] == len(PROMPTS[1])
+    ids = prompt_ids + tokenizer.encode(choice.text[len(PROMPTS[1]):])
+    with torch.no_grad():
+        expected = torch.log_softmax(reference(torch.tensor([ids]))[0], dim=-1)
+    for position in range(1, len(ids)):
+        assert math.isclose(logprobs.token_logprobs[position], expected[position - 1, ids[position]].item(),
+                            abs_tol=1e-4)
+    for position in range(len(prompt_ids), len(ids)):
+        top = logprobs.top_logprobs[position]
+        best = torch.topk(expected[position - 1], 3)
+        assert [top[tokenizer.decode([i])] for i in best.indices.tolist()] == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert max(top.values()) == pytest.approx(logprobs.token_logprobs[position], abs=1e-6)  # greedy took the best
+
+
+def test_stop_sequences_end_the_text_before_them(client):
+    full = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=40, temperature=0).choices[0].text
+    stop = full[20:24]
+    first = full.index(stop)
+    for stream in (False, True):
+        response = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=40, temperature=0,
+                                             stop=["never appears 123", stop], stream=stream)
+        if stream:
+            chunks = list(response)
+            text = "".join(chunk.choices[0].text for chunk in chunks)
+            reason = chunks[-1].choices[0].finish_reason
+        else:
+            text, reason = response.choices[0].text, response.choices[0].finish_reason
+        assert (text, reason) == (full[:first], "stop")
+
+
+def test_n_choices_and_seeds_are_reproducible(client):
+    def texts(**settings):
+        response = client.completions.create(model="tiny", prompt=[PROMPTS[2], PROMPTS[3]], max_tokens=12,
+                                             temperature=1.0, **settings)
+        return [choice.text for choice in sorted(response.choices, key=lambda c: c.index)]
+
+    three = texts(n=3, seed=7)
+    assert len(three) == 6 and len(set(three)) == 6
+    assert texts(n=3, seed=7) == three
+    assert texts(n=1, seed=7) == [three[0], three[3]]
+    assert texts(n=1, seed=8) == [three[1], three[4]]  # choice i draws as seed + i
+    assert texts(n=1, seed=9) != texts(n=1, seed=10)
+
+
+def test_sixteen_concurrent_streaming_clients_get_what_they_would_get_alone(client, reference, url):
+    requests = [(PROMPTS[i % len(PROMPTS)], 20 + 5 * i) for i in range(16)]
+    steps_before = health(url)["steps"]
+
+    def stream(request):
+        prompt, max_tokens = request
+        chunks = client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                           stream=True)
+        return "".join(chunk.choices[0].text for chunk in chunks)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(stream, requests))
+    for (prompt, max_tokens), text in zip(requests, texts):
+        assert text == expected_text(reference, prompt, max_tokens), prompt
+    state = health(url)
+    total = sum(max_tokens for _, max_tokens in requests)
+    assert state["steps"] - steps_before < total / 2  # the requests shared forward passes
+    assert state["running"] == 0 and state["waiting"] == 0
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(url):
+    cancelled = health(url)["cancelled"]
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100, "stream": True,
+                                                              "temperature": 0}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.readline().startswith(b"data: ")
+    connection.sock.shutdown(2)
+    connection.close()
+    deadline = time.monotonic() + 10
+    while (state := health(url))["cancelled"] == cancelled:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.01)
+    assert state["running"] == 0 and state["cancelled"] == cancelled + 1
+
+
+BAD_REQUESTS = [
+    (b'{"prompt": "Hi", "max_tokens": ', 400, None),
+    (b'["Hi"]', 400, None),
+    (b'{"max_tokens": 3}', 400, "prompt"),
+    (b'{"prompt": 5}', 400, "prompt"),
+    (b'{"prompt": []}', 400, "prompt"),
+    (b'{"prompt": [[]]}', 400, "prompt"),
+    (b'{"prompt": [50257]}', 400, "prompt"),
+    (b'{"prompt": "Hi", "temperature": "hot"}', 400, "temperature"),
+    (b'{"prompt": "Hi", "max_tokens": 1.5}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "stream": "yes"}', 400, "stream"),
+    (b'{"prompt": "Hi", "stop": 5}', 400, "stop"),
+    (b'{"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}', 400, "stop"),
+    (b'{"prompt": "Hi", "temperature": -0.5}', 400, "temperature"),
+    (b'{"prompt": "Hi", "top_p": 0}', 400, "top_p"),
+    (b'{"prompt": "Hi", "top_p": 1.5}', 400, "top_p"),
+    (b'{"prompt": "Hi", "top_k": 0}', 400, "top_k"),
+    (b'{"prompt": "Hi", "max_tokens": 101}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "max_tokens": -1}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "n": 9}', 400, "n"),
+    (b'{"prompt": "Hi", "n": 0}', 400, "n"),
+    (b'{"prompt": "Hi", "logprobs": 21}', 400, "logprobs"),
+    (b'{"prompt": "' + b"word " * 200 + b'"}', 400, "prompt"),
+    (b'{"prompt": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"], "n": 8}', 400, "prompt"),  # 88 > 16 + 64
+    (b'{"prompt": "Hi", "model": "gpt-4"}', 404, "model"),
+    (b'{"prompt": "' + b"x" * 70000 + b'"}', 413, None),
+]
+
+
+@pytest.mark.parametrize("body,status,param", BAD_REQUESTS, ids=range(len(BAD_REQUESTS)))
+def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(url, client, body, status, param):
+    code, answer = post(url, "/v1/completions", body)
+    assert code == status, answer
+    error = answer["error"]
+    assert error["message"] and "\n" not in error["message"] and error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices[0].finish_reason == "length"
+
+
+def test_what_openai_allows_is_answered(url, client):
+    # Unknown fields are ignored; a long prompt is left-truncated when asked; an unknown route is a 404 error object.
+    code, answer = post(url, "/v1/completions", b'{"prompt": "Hi", "max_tokens": 2, "presence_penalty": 0.5, "x": 1}')
+    assert code == 200 and answer["usage"]["completion_tokens"] == 2
+    code, answer = post(url, "/v1/completions", b'{"prompt": "' + b"word " * 200 + b'", "max_tokens": 2, '
+                                                b'"truncate_prompt_tokens": 50}')
+    assert code == 200 and answer["usage"]["prompt_tokens"] == 50
+    code, answer = post(url, "/v1/chat/nothing", b"{}")
+    assert code == 404 and answer["error"]["code"] == "unknown_url"
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 128 tokens"):
+        client.completions.create(model="tiny", prompt=[1] * 129)
+    response = client.completions.create(model="tiny", prompt=[[464, 3290], [40]], max_tokens=3, temperature=0)
+    assert len(response.choices) == 2 and response.usage.prompt_tokens == 3
+    # max_tokens 0 with echo and logprobs scores a text without generating.
+    scored = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=0).choices[0]
+    assert scored.text == PROMPTS[0] and scored.finish_reason == "length"
+    assert len(scored.logprobs.token_logprobs) == 4 and scored.logprobs.token_logprobs[0] is None
+
+
+def test_a_full_queue_answers_503_and_the_others_complete(checkpoint, reference):
+    with running_server(checkpoint, max_batch=1, max_queue=1) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def complete(i):
+            try:
+                return client.completions.create(model="tiny", prompt=PROMPTS[i % 8], max_tokens=100,
+                                                  temperature=0).choices[0].text
+            except openai.APIStatusError as error:
+                return error
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(complete, range(8)))
+        refused = [result for result in results if isinstance(result, Exception)]
+        assert refused and all(error.status_code == 503 and error.body["code"] == "queue_full" for error in refused)
+        for i, result in enumerate(results):
+            if isinstance(result, str):
+                assert result == expected_text(reference, PROMPTS[i % 8], 100)
+        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_the_api_key_is_enforced(checkpoint):
+    with running_server(checkpoint, api_key="s3cret") as url:
+        for key in ("wrong", "s3cre"):
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0).completions.create(model="tiny", prompt="Hi")
+        code, answer = post(url, "/v1/completions", b'{"prompt": "Hi"}')
+        assert code == 401 and answer["error"]["code"] == "invalid_api_key"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+        assert health(url)["status"] == "ok"  # the health check and the playground need no key
+
+
+def test_the_distribution_before_and_after_temperature_and_filtering(url, reference):
+    code, answer = post(url, "/v1/distribution", json.dumps({"prompt": PROMPTS[0], "temperature": 2.0, "top_k": 3,
+                                                             "count": 5}).encode())
+    assert code == 200 and answer["kept"] == 3 and len(answer["tokens"]) == 5
+    with torch.no_grad():
+        logits = reference(torch.tensor([get_tokenizer().encode(PROMPTS[0])]))[0, -1]
+    best = torch.topk(logits, 5).indices
+    rows = answer["tokens"]
+    assert [row["token"] for row in rows] == best.tolist()
+    assert [row["probability"] for row in rows] == pytest.approx(torch.softmax(logits, -1)[best].tolist(), rel=1e-4)
+    assert [row["after_temperature"] for row in rows] == pytest.approx(torch.softmax(logits / 2, -1)[best].tolist(),
+                                                                       rel=1e-4)
+    kept = torch.softmax(logits[best[:3]] / 2, -1).tolist()
+    assert [row["after_filtering"] for row in rows] == pytest.approx(kept + [0, 0], rel=1e-4)
+    code, answer = post(url, "/v1/distribution", b'{"prompt": "x", "temperature": -1}')
+    assert code == 400 and answer["error"]["param"] == "temperature"
+
+
+# --- The playground, in a real browser ---
+
+def chromium(url: str, profile, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=30000", "--window-size=1300,900", *extra, url],
+        capture_output=True, text=True, timeout=180)
+
+
+def test_the_playground_streams_and_shows_the_distribution_in_headless_chromium(url, reference, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+
+    def page(query: str) -> str:
+        result = chromium(f"{url}/?{query}", tmp_path / "profile", "--dump-dom")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line] == []
+        return result.stdout
+
+    def column(dom: str, name: str) -> list[float]:
+        return [float(width) for width in re.findall(rf'class="bar {name}"><div style="width: ([\d.]+)%;', dom)]
+
+    dom = page("prompt=Every+effort+moves+you&temperature=0&max_tokens=20&seed=1&run=1")
+    completion = re.search(r'id="completion">([^<]*)</span>', dom).group(1)
+    assert html.unescape(completion) == expected_text(reference, "Every effort moves you", 20)
+    assert 'data-done="length"' in dom
+    cold, hot = page("temperature=0.5&top_k=5"), page("temperature=2&top_k=5")
+    assert len(column(cold, "raw")) == 12 and column(cold, "raw") == column(hot, "raw")
+    assert column(cold, "kept")[0] > column(hot, "kept")[0] + 1  # a hotter softmax is flatter
+    assert column(hot, "kept")[5:] == [0.0] * 7 and sum(column(hot, "kept")) == pytest.approx(100, abs=0.1)
+    result = chromium(f"{url}/?temperature=1.5&top_k=40&top_p=0.9&run=1", tmp_path / "profile",
+                      f"--screenshot={tmp_path / 'playground.png'}")
+    assert result.returncode == 0 and (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+# --- The engine alone ---
+
+def test_engine_queue_is_bounded_and_all_or_nothing(reference):
+    engine = BatchingEngine(reference, max_batch=2, max_queue=1)  # not started: nothing leaves the queue
+    engine.submit([Sequence([1], 5), Sequence([2], 5)])
+    with pytest.raises(QueueFull, match="queue is full"):
+        engine.submit([Sequence([3], 5), Sequence([4], 5)])
+    engine.submit([Sequence([3], 5)])
+    with pytest.raises(QueueFull):
+        engine.submit([Sequence([5], 5)])
+    assert engine.load()["waiting"] == 3
+
+
+def test_a_long_request_does_not_block_short_ones(reference):
+    engine = BatchingEngine(reference, max_batch=4).start()
+    try:
+        long = Sequence([464, 3290], 120)
+        engine.submit([long])
+        while len(long.tokens) < 5:
+            time.sleep(0.001)
+        short = Sequence([40], 5)
+        engine.submit([short])
+        assert short.done.wait(30)
+        assert not long.done.is_set() and len(short.tokens) == 5
+        assert long.done.wait(30) and long.finish_reason == "length"
+        ids = torch.tensor([[464, 3290]])
+        assert long.tokens == generate(reference, ids, 120, CONTEXT)[0, 2:].tolist()
+    finally:
+        engine.stop()
+
+
+def test_sampled_sequences_in_a_batch_draw_what_they_draw_alone(reference):
+    engine = BatchingEngine(reference, max_batch=8).start()
+    try:
+        settings = [dict(temperature=1.0), dict(temperature=0.7, top_k=20), dict(temperature=1.5, top_p=0.9), {}]
+        sequences = [Sequence([464 + i, 3290], 30, generator=torch.Generator().manual_seed(i), **s)
+                     for i, s in enumerate(settings)]
+        engine.submit(sequences)
+        for i, sequence in enumerate(sequences):
+            assert sequence.done.wait(30)
+            alone = generate(reference, torch.tensor([[464 + i, 3290]]), 30, CONTEXT,
+                             generator=torch.Generator().manual_seed(i), **settings[i])
+            assert sequence.tokens == alone[0, 2:].tolist()
+    finally:
+        engine.stop()
+
+
+# --- The command ---
+
+@pytest.mark.parametrize("shutdown_timeout,finished", [("60", True), ("0", False)])
+def test_gptrain_serve_prints_its_url_and_stops_cleanly_on_sigterm(checkpoint, shutdown_timeout, finished):
+    process = subprocess.Popen([sys.executable, "-m", "gptrain", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+                                "--device", "cpu", "--shutdown-timeout", shutdown_timeout],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        assert found, line + process.stderr.read()
+        client = openai.OpenAI(base_url=found.group(1) + "/v1", api_key="unused", max_retries=0)
+        assert [model.id for model in client.models.list()] == ["ckpt"]
+        stream = iter(client.completions.create(model="ckpt", prompt="Hi", max_tokens=20, stream=True))
+        next(stream)
+        process.send_signal(signal.SIGTERM)
+        if finished:  # in flight: given the time, the request completes
+            assert [chunk.choices[0].finish_reason for chunk in stream][-1] == "length"
+        else:  # no time: it is cut off, and nothing hangs
+            with pytest.raises(openai.APIConnectionError):
+                list(stream)
+        assert process.wait(timeout=60) == 0
+        assert process.stdout.read().strip().endswith("Server stopped")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_gptrain_serve_bad_settings_are_one_line_and_exit_2(checkpoint, capsys):
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "gptrain: error: max_batch must be at least 1, not 0"
+    assert main(["serve", "--checkpoint", str(checkpoint / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
