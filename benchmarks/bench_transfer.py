@@ -135,7 +135,7 @@ def main() -> None:
     common = ["--context-length", 64, "--precision", "fp32", "--seed", 123]
     pretrain = run_train(work / "pretrain", "--data", prose, "--preset", "tiny", *common, "--batch-size", 8,
                          "--max-steps", args.pretrain_steps, "--lr", "3e-3", "--warmup-steps", 20, "--cosine",
-                         "--min-lr", "3e-4", "--eval-freq", args.pretrain_steps, "--eval-iter", 10)
+                         "--min-lr", "3e-4", "--eval-freq", max(1, args.pretrain_steps - 1), "--eval-iter", 10)
     print(f"pre-training: {pretrain['command']}\n  docstrings val loss {pretrain['final_val']:.3f}, "
           f"{pretrain['wall_s']:.0f} s")
     verdict_args = ["--data", verdict, *common, "--batch-size", 4, "--max-steps", args.steps, "--eval-freq", 5,
