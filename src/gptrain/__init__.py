@@ -19,6 +19,7 @@ from gptrain.generate import (
     stream_text,
     stream_tokens,
 )
+from gptrain.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
 from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
 from gptrain.model import (
     FeedForward,
@@ -48,6 +49,7 @@ __all__ = [
     "MultiHeadAttention",
     "TrainConfig",
     "TransformerBlock",
+    "add_lora",
     "calc_loss_batch",
     "calc_loss_loader",
     "calc_loss_manual",
@@ -57,6 +59,7 @@ __all__ = [
     "download_gpt2",
     "evaluate_model",
     "export_hf",
+    "export_peft_adapter",
     "evaluate_text",
     "evaluate_tokens",
     "generate",
@@ -67,12 +70,15 @@ __all__ = [
     "get_preset",
     "get_tokenizer",
     "inspect_loaded_model",
+    "load_adapter",
     "load_checkpoint",
     "load_corpus",
     "load_gpt2",
     "load_weights_into_gpt",
+    "merge_lora",
     "perplexity",
     "plot_losses",
+    "save_adapter",
     "save_checkpoint",
     "split_text",
     "store_weights_transposed",

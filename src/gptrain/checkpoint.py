@@ -29,6 +29,7 @@ from torch import nn
 from gptrain.config import GPTConfig
 from gptrain.errors import GptrainError
 from gptrain.integrity import read_verified, write_manifest
+from gptrain.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
 from gptrain.model import GPTModel, unwrap_model
 from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 
@@ -91,9 +92,10 @@ def replace_dir(tmp: Path, path: Path) -> None:
 
 
 def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unwrapped model's tensors, without the output head when it is tied to the embedding."""
+    """The unwrapped model's tensors, without the output head when it is tied to the embedding (and
+    with LoRA adapters merged into their weights)."""
     model = unwrap_model(model)
-    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    state = {name: t.detach().contiguous() for name, t in merged_state_dict(model).items()}
     if model.cfg.tie_embeddings:
         state.pop("out_head.weight", None)
     return state
@@ -111,6 +113,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        if has_lora(model):  # the small file that --resume continues from; the weights above are merged
+            save_adapter(model, tmp / ADAPTER_FILE)
         state = dict(training_state or {})
         config = {
             "format": FORMAT,

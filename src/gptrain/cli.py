@@ -88,6 +88,19 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
     p.add_argument("--device", default=s, help=DEVICE_HELP + " [auto]")
+    p.add_argument("--init", metavar="SOURCE", default=s,
+                   help="start a new run from these weights (transfer learning): a GPT-2 size (124M, gpt2-medium, "
+                        "...), a Hugging Face folder or file, a book state dict, or a gptrain checkpoint or run "
+                        "directory; the architecture is SOURCE's, --context-length may shorten its window")
+    p.add_argument("--init-sha256", default=s, help="refuse --init weights whose file has another sha256")
+    p.add_argument("--lora-rank", type=int, default=s,
+                   help="train LoRA adapters of this rank on --init's frozen weights instead of all weights")
+    p.add_argument("--lora-alpha", type=float, default=s, help="LoRA scale numerator: updates are alpha/rank * B A "
+                                                               "[2 x rank]")
+    p.add_argument("--lora-dropout", type=float, default=s, help="dropout on the LoRA adapters' input [0]")
+    p.add_argument("--lora-targets", nargs="+", default=s, metavar="NAME",
+                   help="layers that get adapters: q k v o (attention, or the group attn), fc proj (feed-forward, "
+                        "or ff), or all [q k v o fc proj]")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
                         "updated by the flags given)")
@@ -360,6 +373,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume"}}
     settings = {}
+    if args.resume and "init" in flags:
+        raise GptrainError("--init starts a new run and --resume continues one: drop --init to resume (the run "
+                           "remembers its SOURCE), or drop --resume and choose a new --out")
     if args.resume:
         # A resumed run keeps its saved settings; --config and flags change only what they name.
         saved = Path(flags.get("out", TrainConfig.out)) / "config.json"
@@ -369,6 +385,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.config:
         settings.update(read_config_file(args.config))
     settings.update(flags)
+    if settings.get("init") and not args.resume:
+        # The architecture and window are SOURCE's unless the user names them.
+        settings.setdefault("preset", None)
+        settings.setdefault("context_length", None)
     cfg = TrainConfig.from_dict(settings, source=args.config or "settings")
     train(cfg, overwrite=args.overwrite, resume=args.resume)
     return 0  # also after SIGTERM/SIGINT: the run saved a checkpoint to resume from

@@ -121,7 +121,7 @@ class TrainConfig:
 
     data: str = "the-verdict"
     out: str = "runs/verdict"
-    preset: str = "124M"
+    preset: str | None = "124M"
     context_length: int | None = 256
     dropout: float | None = None
     batch_size: int = 2
@@ -164,6 +164,17 @@ class TrainConfig:
     eval_task: tuple[str, ...] = ()
     eval_task_every: int | None = None
     eval_task_limit: int | None = None
+    # Transfer learning: start from SOURCE's weights (a GPT-2 size, a Hugging Face folder or file, a
+    # book state dict, a gptrain checkpoint or run); the architecture is SOURCE's, so preset and
+    # context_length may be None (SOURCE's). init_sha256 is filled in when the run starts and
+    # checked on resume.
+    init: str | None = None
+    init_sha256: str | None = None
+    # LoRA on top of init's frozen weights: rank, alpha (default 2 x rank), dropout, target layers.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "fc", "proj")
 
     def __post_init__(self):
         _check_types(self)
@@ -197,8 +208,10 @@ class TrainConfig:
             raise GptrainError(f"unknown --logger {', '.join(unknown_loggers)}: choose from {', '.join(LOGGERS)}")
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        get_preset(self.preset)
+        if self.preset is not None or self.init is None:
+            get_preset(self.preset)
         self.check_eval_tasks()
+        self._check_transfer_settings()
 
     def check_eval_tasks(self) -> None:
         from gptrain.tasks import parse_task_spec
@@ -209,6 +222,25 @@ class TrainConfig:
         for name in ("eval_task_every", "eval_task_limit"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+
+    def _check_transfer_settings(self) -> None:
+        from gptrain.lora import expand_targets
+
+        if self.init is not None and not str(self.init).strip():
+            raise GptrainError("--init is empty: give a GPT-2 size, a Hugging Face folder or file, a state dict, "
+                               "or a gptrain checkpoint or run directory")
+        if self.lora_rank is not None:
+            _check_positive_int("lora_rank", self.lora_rank)
+            if self.init is None:
+                raise GptrainError("--lora-rank adapts pretrained weights: give them with --init SOURCE")
+        if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise GptrainError(f"--lora-alpha must be a positive number, not {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise GptrainError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout!r}")
+        self.lora_targets = expand_targets([self.lora_targets] if isinstance(self.lora_targets, str)
+                                           else self.lora_targets)
+        if self.lora_rank is not None and self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.lora_rank  # saved resolved, like precision
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from gptrain.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_FILE, load_checkpoint, load_state_into, replace_dir
+from gptrain.checkpoint import resolve_checkpoint
 from gptrain.checkpoint import weights_state_dict, write_json_atomic
 from gptrain.config import PRESET_ALIASES, GPTConfig
 from gptrain.download import cache_dir, download_file
@@ -491,6 +492,21 @@ def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu"
     return model.eval()
 
 
+def source_weights_file(source: str | Path) -> Path:
+    """The file :func:`load_gpt2` reads ``source``'s weights from (a size means its cached file)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        size = gpt2_size(str(source))
+        if size is None:
+            raise GptrainError(f"{source} does not exist and is not a GPT-2 size: give a file, a folder, or one of "
+                               f"{', '.join([*GPT2_REPOS, *PRESET_ALIASES])}")
+        path = download_gpt2(size)
+    checkpoint = _gptrain_checkpoint(path)
+    if checkpoint is not None:
+        return resolve_checkpoint(checkpoint) / WEIGHTS_FILE
+    return _weights_file(path) if path.is_dir() else path
+
+
 # --- export -----------------------------------------------------------------------------------
 
 def hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
@@ -501,7 +517,7 @@ def hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     """
     model = unwrap_model(model)
     cfg = model.cfg
-    ours = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    ours = weights_state_dict(model)  # a LoRA model's adapters merged into their weights
     rules = _hf_rules(cfg.n_layers)
     if not cfg.tie_embeddings:
         rules.append(_Rule("lm_head.weight", ("out_head.weight",)))

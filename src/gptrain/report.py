@@ -107,6 +107,8 @@ def summarize(run: RunLog) -> dict[str, Any]:
     rates = [x for r in run.train if (x := _number(r.get("tokens_per_s"))) is not None]
     early = next((r for r in reversed(run.notes) if r.get("event") == "early_stop"), None)
     last_val, last_train = _number(last.get("val_loss")), _number(last.get("train_loss"))
+    initial = next((r for r in run.evals if r.get("initial")), {})  # a transfer run's "before" figures
+    train_config = run.config.get("train") if isinstance(run.config.get("train"), dict) else {}
     if early is not None:
         status = f"stopped early at step {early.get('step', '?')}"
     elif (run.path / "final").is_dir():
@@ -129,6 +131,11 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "last_gap": last_val - last_train if None not in (last_val, last_train) else None,
         "median_tokens_per_s": statistics.median(rates) if rates else None,
         "parameters": _parameters(run.config.get("model")),
+        "init": train_config.get("init"),
+        "init_sha256": train_config.get("init_sha256"),
+        "lora_rank": train_config.get("lora_rank"),
+        "initial_train_loss": _number(initial.get("train_loss")),
+        "initial_val_loss": _number(initial.get("val_loss")),
     }
 
 
@@ -180,6 +187,10 @@ def _figures(runs: list[RunLog]) -> dict[str, str]:
                 best = ys.index(min(ys))
                 ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=val_color, linestyle="none",
                         label=f"best val {ys[best]:.3f}" if single else None)
+            xs, ys = _series([r for r in run.evals if r.get("initial")], x_key, "val_loss")
+            if ys:  # a transfer run's evaluation before its first update
+                ax.plot(xs, ys, marker="D", markersize=7, color=val_color, linestyle="none", fillstyle="none",
+                        label=f"initial val {ys[0]:.3f} (--init)" if single else None)
         if not single:
             ax.plot([], [], color="grey", label="val loss")
             ax.plot([], [], color="grey", linestyle="--", label="train loss (evaluation)")
@@ -346,6 +357,10 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("best val loss", "best_val_loss", _fmt), ("best val perplexity", "best_val_perplexity", _fmt),
             ("step of the best val loss", "best_step", _fmt), ("last gap (val - train)", "last_gap", _fmt),
             ("median tokens/s", "median_tokens_per_s", _fmt)]
+    if any(s["init"] for s in summaries):
+        rows += [("initialized from (--init)", "init", _fmt), ("its weights' sha256", "init_sha256", _fmt),
+                 ("LoRA rank", "lora_rank", _fmt), ("initial train loss (before training)", "initial_train_loss", _fmt),
+                 ("initial val loss (before training)", "initial_val_loss", _fmt)]
     head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
     body = "".join(
         f"<tr><th>{label}</th>" + "".join(f'<td class="num">{html.escape(show(s[key]))}</td>'

@@ -38,6 +38,7 @@ from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, s
 from gptrain.errors import GptrainError
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
+from gptrain.lora import ADAPTER_FILE, PEFT_DIR, add_lora, export_peft_adapter, has_lora, load_adapter
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir
@@ -55,6 +56,7 @@ from gptrain.runtime import (
 )
 from gptrain.tasks import load_training_tasks, log_task_scores
 from gptrain.tokenizer import END_OF_TEXT, get_tokenizer, text_to_token_ids, token_ids_to_text
+from gptrain.transfer import check_same_transfer, describe_start, load_init_model
 
 
 # --- The lecture's functions ---------------------------------------------------------------
@@ -264,7 +266,11 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     procs, device = start_processes(cfg.device)
     if device.type == "cpu":
         retain_freed_memory()
-    model_cfg = cfg.model_config()
+    init_model = None
+    if cfg.init is not None:  # transfer learning: SOURCE's architecture and weights
+        init_model, init_sha256 = load_init_model(cfg, device)
+        cfg = dataclasses.replace(cfg, init_sha256=init_sha256)
+    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device),
                               pad_vocab=device.type == "cuda" if cfg.pad_vocab is None else cfg.pad_vocab)
@@ -279,9 +285,11 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
 
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
-    raw_model = GPTModel(model_cfg).to(device)
+    raw_model = GPTModel(model_cfg).to(device) if init_model is None else init_model
     if cfg.pad_vocab:
         raw_model.pad_vocab(64)
+    if cfg.lora_rank is not None:  # after pad_vocab, whose new head parameter would otherwise be trained
+        add_lora(raw_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     if procs.rank:
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
     model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
@@ -443,7 +451,7 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]
     saved = load_training_state(path, map_location="cpu")
     refused, changed = resume_differences(checkpoint_config.get("train") or {}, checkpoint_config["model"],
                                           saved.get("data_sha256"), run.cfg.to_dict(),
-                                          run.cfg.model_config().to_dict(), run.data_sha256)
+                                          run.raw_model.cfg.to_dict(), run.data_sha256)
     if refused:
         raise GptrainError(f"cannot resume {path} with {'; '.join(refused)}: keep these settings, or start a new "
                            "run with another --out")
@@ -452,7 +460,11 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]
             f"cannot resume {path} with a global batch of {run.global_batch} sequences: it was trained with "
             f"{saved['global_batch']}; keep batch size x grad accum x processes the same"
         )
-    copy_weights_into(run.raw_model, path)
+    check_same_transfer(checkpoint_config.get("train") or {}, run.cfg, path)
+    if has_lora(run.raw_model):  # the frozen base came from --init; only the adapters were trained
+        load_adapter(run.raw_model, path / ADAPTER_FILE)
+    else:
+        copy_weights_into(run.raw_model, path)
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler.load_state_dict(saved["scaler"])
     for key in new_state():
@@ -518,8 +530,11 @@ def overfitting(train_losses: list[float], val_losses: list[float]) -> bool:
     return all(b < a for a, b in zip(train, train[1:])) and all(b > a for a, b in zip(val, val[1:]))
 
 
-def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: float) -> bool:
-    """Evaluate, log, keep best/, warn about overfitting; True when early stopping says stop."""
+def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: float, initial: bool = False) -> bool:
+    """Evaluate, log, keep best/, warn about overfitting; True when early stopping says stop.
+
+    ``initial`` marks the evaluation of a transfer run before its first update: its "before" figure.
+    """
     train_loss, val_loss = evaluate(run)
     state["train_losses"].append(train_loss)
     state["val_losses"].append(val_loss)
@@ -527,8 +542,9 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
     epoch_label = state["epoch"] + (state["step_in_epoch"] > 0)
     run.log.write("eval", step=global_step, epoch=epoch_label, tokens_seen=state["tokens_seen"],
                   train_loss=train_loss, val_loss=val_loss, lr=run.optimizer.param_groups[0]["lr"],
-                  elapsed_s=round(time.perf_counter() - started, 3))
-    run.echo(f"Ep {epoch_label} (Step {global_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                  elapsed_s=round(time.perf_counter() - started, 3), **({"initial": True} if initial else {}))
+    label = "Initial, before training" if initial else f"Ep {epoch_label} (Step {global_step:06d})"
+    run.echo(f"{label}: Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
     if val_loss < state["best_val_loss"]:
         state.update(best_val_loss=val_loss, best_step=global_step, evals_since_best=0, overfitting_warned=False)
         save_checkpoint(run.raw_model, run.out / "best", train_config=run.cfg.to_dict(),
@@ -595,6 +611,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
              f"({run.steps_per_epoch} per epoch); global batch {run.global_batch} sequences = "
              f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {ctx} per micro-batch, "
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
+    if cfg.init is not None:
+        run.echo(describe_start(cfg, run.raw_model))
+        if main and state["step"] == 0:
+            log_evaluation(run, state, 0, started, initial=True)
 
     stopped_by, early_stopped = None, False
     progress = tqdm(total=run.total_steps, initial=state["step"], desc="train", unit="step",
@@ -653,6 +673,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                          f"continue with --resume --out {run.out}")
             else:
                 save_run_checkpoint(run, state, run.out / "final")
+                if main and has_lora(run.raw_model):
+                    export_peft_adapter(run.raw_model, run.out / "final" / PEFT_DIR, base_model=cfg.init)
             wall = time.perf_counter() - started
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
                           stopped_by=stopped_by, early_stopped=early_stopped)
