@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import contextlib
-import html
 import http.client
 import json
 import math
@@ -343,38 +342,47 @@ def test_the_distribution_before_and_after_temperature_and_filtering(url, refere
 
 # --- The playground, in a real browser ---
 
-def chromium(url: str, profile, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=30000", "--window-size=1300,900", *extra, url],
-        capture_output=True, text=True, timeout=180)
-
-
 def test_the_playground_streams_and_shows_the_distribution_in_headless_chromium(url, reference, tmp_path):
+    """Driven like a person: open the page, generate, move the temperature slider (Playwright on the
+    system's Chromium, so nothing is downloaded)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
 
-    def page(query: str) -> str:
-        result = chromium(f"{url}/?{query}", tmp_path / "profile", "--dump-dom")
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line] == []
-        return result.stdout
+    def column(page, name: str) -> list[float]:
+        return [float(width.removesuffix("%")) for width in
+                page.eval_on_selector_all(f"#distribution td.bar.{name} div", "cells => cells.map(c => c.style.width)")]
 
-    def column(dom: str, name: str) -> list[float]:
-        return [float(width) for width in re.findall(rf'class="bar {name}"><div style="width: ([\d.]+)%;', dom)]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            console = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"error: {error}"))
+            page.goto(f"{url}/?prompt=Every+effort+moves+you&temperature=0&max_tokens=20&seed=1&run=1")
+            page.wait_for_selector("body[data-done]", timeout=120_000)
+            assert page.get_attribute("body", "data-done") == "length"
+            assert page.text_content("#completion") == expected_text(reference, "Every effort moves you", 20)
+            assert "20 tokens in" in page.text_content("#status")
 
-    dom = page("prompt=Every+effort+moves+you&temperature=0&max_tokens=20&seed=1&run=1")
-    completion = re.search(r'id="completion">([^<]*)</span>', dom).group(1)
-    assert html.unescape(completion) == expected_text(reference, "Every effort moves you", 20)
-    assert 'data-done="length"' in dom
-    cold, hot = page("temperature=0.5&top_k=5"), page("temperature=2&top_k=5")
-    assert len(column(cold, "raw")) == 12 and column(cold, "raw") == column(hot, "raw")
-    assert column(cold, "kept")[0] > column(hot, "kept")[0] + 1  # a hotter softmax is flatter
-    assert column(hot, "kept")[5:] == [0.0] * 7 and sum(column(hot, "kept")) == pytest.approx(100, abs=0.1)
-    result = chromium(f"{url}/?temperature=1.5&top_k=40&top_p=0.9&run=1", tmp_path / "profile",
-                      f"--screenshot={tmp_path / 'playground.png'}")
-    assert result.returncode == 0 and (tmp_path / "playground.png").stat().st_size > 10_000
+            page.fill("#top_k", "5")
+            page.fill("#temperature", "0.5")
+            page.wait_for_function("document.body.dataset.distribution", timeout=60_000)
+            page.wait_for_timeout(500)  # the page waits 120 ms after the last slider move before asking
+            cold_raw, cold_kept = column(page, "raw"), column(page, "kept")
+            before = page.get_attribute("body", "data-distribution")
+            page.fill("#temperature", "2")
+            page.wait_for_function(f"document.body.dataset.distribution !== '{before}'", timeout=60_000)
+            hot_raw, hot_kept = column(page, "raw"), column(page, "kept")
+            assert len(cold_raw) == 12 and cold_raw == hot_raw  # the model's own distribution does not move
+            assert cold_kept[0] > hot_kept[0] + 1  # a hotter softmax is flatter
+            assert hot_kept[5:] == [0.0] * 7 and sum(hot_kept) == pytest.approx(100, abs=0.1)  # top-k 5
+            page.screenshot(path=tmp_path / "playground.png")
+            assert (tmp_path / "playground.png").stat().st_size > 10_000
+            assert console == []
+        finally:
+            browser.close()
 
 
 # --- The engine alone ---
