@@ -3,6 +3,8 @@
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
     config.json          the model config, the run's settings, the tokenizer, step and tokens seen
     training_state.pt    optional: optimizer and everything else needed to resume training
+    optimizer/           instead of the optimizer in training_state.pt, under FSDP: its shards as
+                         written by torch.distributed.checkpoint (see gptrain.parallel)
 
 A checkpoint is written under a temporary name, fsynced, then renamed into place, so a
 reader sees either the previous complete checkpoint or the new complete one.
@@ -33,6 +35,7 @@ from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
+OPTIMIZER_DIR = "optimizer"
 FORMAT = "gptrain-checkpoint"
 FORMAT_VERSION = 1
 
@@ -99,8 +102,11 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
-                    training_state: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory."""
+                    training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None) -> Path:
+    """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
+
+    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``.
+    """
     path = Path(path)
     model = unwrap_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             state["optimizer"] = optimizer.state_dict()
         if state:
             torch.save(state, tmp / STATE_FILE)
+        if optimizer_dir is not None:
+            os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
         for file in tmp.iterdir():
             _fsync(file)
         replace_dir(tmp, path)

@@ -82,6 +82,12 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
     p.add_argument("--device", default=s, help=DEVICE_HELP + " [auto]")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=s,
+                   help="under torchrun, shard weights, gradients and optimizer states across the processes "
+                        "(FSDP2) instead of copying them to each [off]")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=s,
+                   help="recompute each block's activations in backward instead of storing them: less "
+                        "memory, about a third more compute [off]")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
                         "updated by the flags given)")

@@ -159,6 +159,10 @@ class TrainConfig:
     sample_tokens: int = 50
     train_ratio: float = 0.9
     stride: int | None = None
+    # Shard weights, gradients and optimizer states across the torchrun processes (FSDP2).
+    fsdp: bool = False
+    # Recompute each transformer block's activations in backward instead of storing them.
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
@@ -192,6 +196,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         get_preset(self.preset)
+        for name in ("fsdp", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise GptrainError(f"{_flag(name)} must be true or false, not {getattr(self, name)!r}")
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""

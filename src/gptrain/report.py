@@ -126,6 +126,8 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "last_gap": last_val - last_train if None not in (last_val, last_train) else None,
         "median_tokens_per_s": statistics.median(rates) if rates else None,
         "parameters": _parameters(run.config.get("model")),
+        "peak_memory_mb": next((r["peak_memory_mb"] for r in reversed(run.notes)
+                                if r.get("event") == "end" and isinstance(r.get("peak_memory_mb"), list)), None),
     }
 
 
@@ -288,6 +290,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _megabytes(per_process: list[float] | None) -> str:
+    return "–" if per_process is None else " / ".join(f"{mb:,.0f} MB" for mb in per_process)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -308,7 +314,8 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("last val loss", "last_val_loss", _fmt), ("last val perplexity", "last_val_perplexity", _fmt),
             ("best val loss", "best_val_loss", _fmt), ("best val perplexity", "best_val_perplexity", _fmt),
             ("step of the best val loss", "best_step", _fmt), ("last gap (val - train)", "last_gap", _fmt),
-            ("median tokens/s", "median_tokens_per_s", _fmt)]
+            ("median tokens/s", "median_tokens_per_s", _fmt),
+            ("peak memory per process", "peak_memory_mb", _megabytes)]
     head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
     body = "".join(
         f"<tr><th>{label}</th>" + "".join(f'<td class="num">{html.escape(show(s[key]))}</td>'
