@@ -163,3 +163,19 @@ def test_activation_checkpointing_gives_identical_losses_and_gradients_from_less
     assert recomputed.state_dict().keys() == plain.state_dict().keys()
     with torch.no_grad():  # generation and evaluation run the blocks as they are
         assert torch.equal(recomputed.eval()(inputs), plain.eval()(inputs))
+
+
+def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path):
+    root, _, _ = fsdp_run
+    single = tmp_path / "single"
+    shutil.copytree(root / "straight", single)
+    shutil.rmtree(single / "final")
+    shutil.rmtree(single / "checkpoints" / f"step-{STEPS:07d}")
+    saved = json.loads((single / "config.json").read_text())["train"]
+    cfg = TrainConfig.from_dict({**saved, "out": str(single), "batch_size": 8, "grad_accum": 1, "fsdp": False})
+    train(cfg, resume=True, echo=lambda line: None)  # the optimizer shards re-sharded into one process
+    expected = weights(root / "straight" / "final")
+    for name, tensor in weights(single / "final").items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0, msg=name)
+    assert [r["loss"] for r in records(single, "train")] == pytest.approx(
+        [r["loss"] for r in records(root / "straight", "train")], abs=1e-5)

@@ -70,14 +70,15 @@ def shard_model(model: GPTModel, precision: str) -> GPTModel:
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
     for block in model.trf_blocks:
         fully_shard(block, mp_policy=policy, reshard_after_forward=True)
-    # The root unit holds the embeddings, final norm and output head; nothing runs after it in
-    # forward, so it keeps its weights until backward instead of gathering them twice.
-    fully_shard(model, mp_policy=policy, reshard_after_forward=False)
+    if not model.cfg.tie_embeddings:
+        # The token embedding and the output head (50,257 rows each) are each as large as several
+        # blocks: as units of their own they are gathered only while they compute, instead of for
+        # the whole forward and backward pass as parts of the root. The head runs last in forward
+        # and first in backward, so it keeps its weights in between instead of gathering them twice.
+        fully_shard(model.tok_emb, mp_policy=policy, reshard_after_forward=True)
+        fully_shard([model.final_norm, model.out_head], mp_policy=policy, reshard_after_forward=False)
+    fully_shard(model, mp_policy=policy)
     return model
-
-
-def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 @contextlib.contextmanager
@@ -167,11 +168,17 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
     if not (folder / ".metadata").is_file():
         raise GptrainError(f"{folder} is incomplete (no .metadata): resume from another checkpoint")
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=folder)
+    single_process = not dist.is_initialized()
+    with warnings.catch_warnings():
+        # One process reading shards that several wrote is what we mean; torch warns about it anyway.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=folder, no_dist=single_process)
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 
-def check_launch(world_size: int) -> None:
+def check_launch(world_size: int, device: torch.device) -> None:
+    if device.type not in ("cpu", "cuda"):
+        raise GptrainError(f"--fsdp runs on CPUs (gloo) and CUDA GPUs (nccl), not on {device.type}: use --device cpu")
     if world_size < 2:
         raise GptrainError(
             "--fsdp shards the model across processes but this is a single process: launch it with "

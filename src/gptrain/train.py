@@ -271,7 +271,11 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> 
 
 def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     procs, device = start_processes(cfg.device)
-    if device.type == "cpu":
+    if cfg.fsdp:
+        check_launch(procs.world_size, device)
+    # Not under FSDP: its gather and reduce buffers of many sizes would fragment a heap that is never
+    # trimmed (124M, 2 processes: 4.0 GB peak per process against 3.1 GB).
+    if device.type == "cpu" and not cfg.fsdp:
         retain_freed_memory()
     model_cfg = cfg.model_config()
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
@@ -294,7 +298,6 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     if cfg.activation_checkpointing:
         checkpoint_activations(raw_model)
     if cfg.fsdp:
-        check_launch(procs.world_size)
         shard_model(raw_model, cfg.precision)
     if procs.rank:
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
