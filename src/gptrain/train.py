@@ -679,6 +679,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
                     if main:
                         prune_checkpoints(run.out, cfg.keep_last)
+            # Training's peak, before rank 0 gathers a sharded model to save it; measured here also because a
+            # collective right before the process group is destroyed can deadlock gloo's shutdown.
+            memory = [round(mb, 1) for mb in gather_over_processes(peak_memory_mb(run.device), run.procs, run.device)]
             if stopped_by:
                 path = run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}"
                 save_run_checkpoint(run, state, path)
@@ -687,7 +690,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             else:
                 save_run_checkpoint(run, state, run.out / "final")
             wall = time.perf_counter() - started
-            memory = [round(mb, 1) for mb in gather_over_processes(peak_memory_mb(run.device), run.procs, run.device)]
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
                           stopped_by=stopped_by, early_stopped=early_stopped, peak_memory_mb=memory)
             run.echo("Peak memory per process: " + ", ".join(f"{mb:,.0f} MB" for mb in memory)
