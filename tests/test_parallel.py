@@ -128,6 +128,8 @@ def test_fsdp_needs_torchrun(verdict_path, tmp_path):
                       max_steps=1, device="cpu", fsdp=True)
     with pytest.raises(ValueError, match="--fsdp shards the model across processes but this is a single process"):
         train(cfg, echo=lambda line: None)
+    with pytest.raises(ValueError, match="--fsdp cannot be combined with --compile yet"):
+        TrainConfig(fsdp=True, compile=True)
 
 
 def loss_and_grads(model, inputs, targets, seed):

@@ -199,6 +199,9 @@ class TrainConfig:
         for name in ("fsdp", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise GptrainError(f"{_flag(name)} must be true or false, not {getattr(self, name)!r}")
+        if self.fsdp and self.compile:
+            # Compiled FSDP2 swaps parameters that the distributed checkpoint of the optimizer then misses.
+            raise GptrainError("--fsdp cannot be combined with --compile yet: drop --compile")
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""
