@@ -3,6 +3,8 @@
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
     config.json          the model config, the run's settings, the tokenizer, step and tokens seen
     training_state.pt    optional: optimizer and everything else needed to resume training
+    optimizer/           instead of the optimizer in training_state.pt, under FSDP: its shards as
+                         written by torch.distributed.checkpoint (see gptrain.parallel)
     manifest.json        size and sha256 of every other file, written last (see gptrain.integrity)
 
 A checkpoint is written under a temporary name, fsynced, then renamed into place, so a
@@ -36,6 +38,7 @@ from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
+OPTIMIZER_DIR = "optimizer"
 FORMAT = "gptrain-checkpoint"
 FORMAT_VERSION = 1
 
@@ -103,8 +106,11 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
-                    training_state: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory."""
+                    training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None) -> Path:
+    """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
+
+    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``.
+    """
     path = Path(path)
     model = unwrap_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +136,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             state["optimizer"] = optimizer.state_dict()
         if state:
             torch.save(state, tmp / STATE_FILE)
+        if optimizer_dir is not None:
+            os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
         write_manifest(tmp)  # after every other file: it records what the folder holds
         for file in tmp.iterdir():
             _fsync(file)

@@ -101,6 +101,12 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--lora-targets", nargs="+", default=s, metavar="NAME",
                    help="layers that get adapters: q k v o (attention, or the group attn), fc proj (feed-forward, "
                         "or ff), or all [q k v o fc proj]")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=s,
+                   help="under torchrun, shard weights, gradients and optimizer states across the processes "
+                        "(FSDP2) instead of copying them to each [off]")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=s,
+                   help="recompute each block's activations in backward instead of storing them: less "
+                        "memory, about a third more compute [off]")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
                         "updated by the flags given)")

@@ -175,6 +175,10 @@ class TrainConfig:
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "fc", "proj")
+    # Shard weights, gradients and optimizer states across the torchrun processes (FSDP2).
+    fsdp: bool = False
+    # Recompute each transformer block's activations in backward instead of storing them.
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         _check_types(self)
@@ -212,6 +216,12 @@ class TrainConfig:
             get_preset(self.preset)
         self.check_eval_tasks()
         self._check_transfer_settings()
+        for name in ("fsdp", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise GptrainError(f"{_flag(name)} must be true or false, not {getattr(self, name)!r}")
+        if self.fsdp and self.compile:
+            # Compiled FSDP2 swaps parameters that the distributed checkpoint of the optimizer then misses.
+            raise GptrainError("--fsdp cannot be combined with --compile yet: drop --compile")
 
     def check_eval_tasks(self) -> None:
         from gptrain.tasks import parse_task_spec

@@ -136,6 +136,8 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "lora_rank": train_config.get("lora_rank"),
         "initial_train_loss": _number(initial.get("train_loss")),
         "initial_val_loss": _number(initial.get("val_loss")),
+        "peak_memory_mb": next((r["peak_memory_mb"] for r in reversed(run.notes)
+                                if r.get("event") == "end" and isinstance(r.get("peak_memory_mb"), list)), None),
     }
 
 
@@ -336,6 +338,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _megabytes(per_process: list[float] | None) -> str:
+    return "–" if per_process is None else " / ".join(f"{mb:,.0f} MB" for mb in per_process)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -356,7 +362,8 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("last val loss", "last_val_loss", _fmt), ("last val perplexity", "last_val_perplexity", _fmt),
             ("best val loss", "best_val_loss", _fmt), ("best val perplexity", "best_val_perplexity", _fmt),
             ("step of the best val loss", "best_step", _fmt), ("last gap (val - train)", "last_gap", _fmt),
-            ("median tokens/s", "median_tokens_per_s", _fmt)]
+            ("median tokens/s", "median_tokens_per_s", _fmt),
+            ("peak memory per process", "peak_memory_mb", _megabytes)]
     if any(s["init"] for s in summaries):
         rows += [("initialized from (--init)", "init", _fmt), ("its weights' sha256", "init_sha256", _fmt),
                  ("LoRA rank", "lora_rank", _fmt), ("initial train loss (before training)", "initial_train_loss", _fmt),

@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import os
 import re
+import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,3 +137,21 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     name = torch.cuda.get_device_name(device)
     peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
     return None if peak is None else peak / (2 if precision == "fp32" else 1)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: allocated GPU memory on CUDA, resident set size elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def gather_over_processes(value: float, procs: Processes, device: torch.device) -> list[float]:
+    """``value`` of every process, in rank order."""
+    if not procs.distributed:
+        return [value]
+    values = torch.zeros(procs.world_size, dtype=torch.float64, device=device)
+    values[procs.rank] = value
+    dist.all_reduce(values)
+    return values.tolist()

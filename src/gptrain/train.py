@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from gptrain.checkpoint import (
     CHECKPOINTS_DIR,
+    OPTIMIZER_DIR,
     complete_checkpoints,
     copy_weights_into,
     load_training_state,
@@ -42,14 +43,27 @@ from gptrain.lora import ADAPTER_FILE, PEFT_DIR, add_lora, export_peft_adapter, 
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir
+from gptrain.parallel import (
+    accumulate_without_sync,
+    check_launch,
+    checkpoint_activations,
+    gather_weights,
+    load_optimizer,
+    load_weights,
+    local_value,
+    save_optimizer,
+    shard_model,
+)
 from gptrain.report import write_report
 from gptrain.resume import data_fingerprint, resume_differences
 from gptrain.runlock import locks_run_dir
 from gptrain.runtime import (
     Processes,
+    gather_over_processes,
     max_over_processes,
     mean_over_processes,
     peak_flops,
+    peak_memory_mb,
     resolve_precision,
     retain_freed_memory,
     start_processes,
@@ -264,7 +278,11 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> 
 
 def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     procs, device = start_processes(cfg.device)
-    if device.type == "cpu":
+    if cfg.fsdp:
+        check_launch(procs.world_size, device)
+    # Not under FSDP: its gather and reduce buffers of many sizes would fragment a heap that is never
+    # trimmed (124M, 2 processes: 4.0 GB peak per process against 3.1 GB).
+    if device.type == "cpu" and not cfg.fsdp:
         retain_freed_memory()
     init_model = None
     if cfg.init is not None:  # transfer learning: SOURCE's architecture and weights
@@ -290,10 +308,14 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         raw_model.pad_vocab(64)
     if cfg.lora_rank is not None:  # after pad_vocab, whose new head parameter would otherwise be trained
         add_lora(raw_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(raw_model)
+    if cfg.fsdp:
+        shard_model(raw_model, cfg.precision)
     if procs.rank:
         torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
     model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
-    if procs.distributed:
+    if procs.distributed and not cfg.fsdp:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -368,7 +390,10 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
     for micro, (inputs, targets) in enumerate(micro_batches):
         last = micro == len(micro_batches) - 1
         # Gradients are all-reduced only after the last micro-batch of the step.
-        sync = contextlib.nullcontext() if last or not run.procs.distributed else run.model.no_sync()
+        if last or not run.procs.distributed:
+            sync = contextlib.nullcontext()
+        else:
+            sync = accumulate_without_sync(run.raw_model) if run.cfg.fsdp else run.model.no_sync()
         with sync:
             total += forward_backward(run.model, inputs.to(run.device), targets.to(run.device), run.autocast,
                                       1.0 / len(micro_batches), run.scaler)
@@ -390,7 +415,7 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
     if state["step_in_epoch"] == run.steps_per_epoch:
         state["epoch"] += 1
         state["step_in_epoch"] = 0
-    return mean_loss, float(grad_norm)
+    return mean_loss, float(local_value(grad_norm))  # under FSDP the norm is a DTensor
 
 
 @torch.no_grad()
@@ -429,20 +454,30 @@ def sample_text(model: nn.Module, tokenizer, device, start_context: str, max_new
 
 # --- Checkpoints and resume ---
 
+def model_to_save(run: Run) -> GPTModel | None:
+    """The model whose weights a checkpoint holds; under FSDP every process must call this, and
+    rank 0 gets the weights gathered from the shards (the others None)."""
+    return gather_weights(run.raw_model, run.procs.is_main) if run.cfg.fsdp else run.raw_model
+
+
 def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_training_state: bool = True) -> None:
     """Called by every process (the RNG states are gathered); rank 0 writes."""
     rng = [rng_state()]
     if run.procs.distributed and with_training_state:
         rng = [None] * run.procs.world_size
         dist.all_gather_object(rng, rng_state())
+    optimizer_dir = None
+    if run.cfg.fsdp and with_training_state:
+        optimizer_dir = save_optimizer(run.raw_model, run.optimizer, path, run.procs.is_main)
+    model = model_to_save(run)
     if not run.procs.is_main:
         return
     training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch,
                       "data_sha256": run.data_sha256}
     if not with_training_state:
         training_state = {k: state[k] for k in ("step", "tokens_seen")}
-    save_checkpoint(run.raw_model, path, run.optimizer if with_training_state else None,
-                    train_config=run.cfg.to_dict(), training_state=training_state)
+    save_checkpoint(model, path, run.optimizer if with_training_state and not run.cfg.fsdp else None,
+                    train_config=run.cfg.to_dict(), training_state=training_state, optimizer_dir=optimizer_dir)
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]:
@@ -461,11 +496,19 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]
             f"{saved['global_batch']}; keep batch size x grad accum x processes the same"
         )
     check_same_transfer(checkpoint_config.get("train") or {}, run.cfg, path)
+    if run.cfg.fsdp and "optimizer" in saved:
+        raise GptrainError(f"{path} was written without --fsdp: resume it without --fsdp (the same processes "
+                           "and global batch), or start a new run with another --out")
     if has_lora(run.raw_model):  # the frozen base came from --init; only the adapters were trained
         load_adapter(run.raw_model, path / ADAPTER_FILE)
+    elif run.cfg.fsdp:
+        load_weights(run.raw_model, path)
     else:
         copy_weights_into(run.raw_model, path)
-    run.optimizer.load_state_dict(saved["optimizer"])
+    if (path / OPTIMIZER_DIR).is_dir():
+        load_optimizer(run.raw_model, run.optimizer, path)
+    else:
+        run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler.load_state_dict(saved["scaler"])
     for key in new_state():
         state[key] = saved[key]
@@ -547,8 +590,11 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
     run.echo(f"{label}: Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
     if val_loss < state["best_val_loss"]:
         state.update(best_val_loss=val_loss, best_step=global_step, evals_since_best=0, overfitting_warned=False)
-        save_checkpoint(run.raw_model, run.out / "best", train_config=run.cfg.to_dict(),
-                        training_state={"step": state["step"], "tokens_seen": state["tokens_seen"], "val_loss": val_loss})
+        model = model_to_save(run)
+        if run.procs.is_main:
+            save_checkpoint(model, run.out / "best", train_config=run.cfg.to_dict(),
+                            training_state={"step": state["step"], "tokens_seen": state["tokens_seen"],
+                                            "val_loss": val_loss})
         return False
     state["evals_since_best"] += 1
     if not state["overfitting_warned"] and overfitting(state["train_losses"], state["val_losses"]):
@@ -585,7 +631,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     cfg = run.cfg  # resolved
     main = run.procs.is_main
     state = new_state()
-    eval_tasks = load_training_tasks(cfg.eval_task, cfg.eval_task_limit) if main else []
+    # A sharded model's forward pass needs every process: under FSDP all of them score the tasks.
+    eval_tasks = load_training_tasks(cfg.eval_task, cfg.eval_task_limit) if main or cfg.fsdp else []
     if main:
         prepare_run_dir(run.out, overwrite, resume)
     if resume:
@@ -640,11 +687,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
                                   mfu=None if mfu is None else round(mfu, 4))
                 early_stop = False
-                if main and global_step % cfg.eval_freq == 0:
+                evaluates = main or cfg.fsdp  # a sharded model's forward pass needs every process
+                if evaluates and global_step % cfg.eval_freq == 0:
                     early_stop = log_evaluation(run, state, global_step, started)
                 if eval_tasks and global_step % (cfg.eval_task_every or cfg.eval_freq) == 0:
                     log_task_scores(run, eval_tasks, global_step, state["tokens_seen"])
-                if main and state["epoch"] > epoch_before and cfg.sample_tokens:
+                if evaluates and state["epoch"] > epoch_before and cfg.sample_tokens:
                     sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context,
                                          cfg.sample_tokens)
                     run.log.write("sample", step=global_step, epoch=state["epoch"], text=sample)
@@ -666,6 +714,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
                     if main:
                         prune_checkpoints(run.out, cfg.keep_last)
+            # Training's peak, before rank 0 gathers a sharded model to save it; measured here also because a
+            # collective right before the process group is destroyed can deadlock gloo's shutdown.
+            memory = [round(mb, 1) for mb in gather_over_processes(peak_memory_mb(run.device), run.procs, run.device)]
             if stopped_by:
                 path = run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}"
                 save_run_checkpoint(run, state, path)
@@ -677,7 +728,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     export_peft_adapter(run.raw_model, run.out / "final" / PEFT_DIR, base_model=cfg.init)
             wall = time.perf_counter() - started
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
-                          stopped_by=stopped_by, early_stopped=early_stopped)
+                          stopped_by=stopped_by, early_stopped=early_stopped, peak_memory_mb=memory)
+            run.echo("Peak memory per process: " + ", ".join(f"{mb:,.0f} MB" for mb in memory)
+                     + (" (allocated on the GPU)" if run.device.type == "cuda" else " (resident set size)"))
     finally:
         progress.close()
         run.log.close()
