@@ -36,6 +36,7 @@ from gptrain.checkpoint import (
 from gptrain.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
+from gptrain.estimate import flops_per_token
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
@@ -302,17 +303,6 @@ def new_state() -> dict[str, Any]:
     return {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val_loss": math.inf,
             "best_step": None, "evals_since_best": 0, "overfitting_warned": False,
             "train_losses": [], "val_losses": [], "track_tokens_seen": []}
-
-
-# --- Throughput ---
-
-# Dense bf16 tensor-core peaks (FLOP/s) by GPU name; fp32 runs use TF32 at half of it.
-def flops_per_token(model: GPTModel) -> float:
-    """Training FLOPs per token: 6 per matrix weight (2 forward, 4 backward) plus attention's scores
-    and mixing. Embeddings are lookups, not products; the output head is a product, tied or not."""
-    cfg = model.cfg
-    weights = sum(p.numel() for p in model.trf_blocks.parameters()) + cfg.vocab_size * cfg.emb_dim
-    return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
 
 
 # --- One step, one evaluation ---
