@@ -154,3 +154,40 @@ def test_bad_inputs_print_one_line_and_exit_2(args, message, capsys):
     assert main(["estimate", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_run_states_its_plan_and_reports_its_cost_and_flops(tmp_path, story_page):
+    from gptrain.config import TrainConfig
+    from gptrain.report import read_run, summarize
+    from gptrain.train import train
+
+    lines = []
+    cfg = TrainConfig(data=str(story_page), out=str(tmp_path / "run"), preset="tiny", context_length=32, batch_size=4,
+                      max_steps=6, eval_freq=5, eval_iter=1, device="cpu", sample_tokens=0, precision="fp32",
+                      price_per_hour=3.6)
+    result = train(cfg, echo=lines.append)
+    per_token = flops_per_token(cfg.model_config())
+    tokens = 6 * 4 * 32
+    assert f"Plan: {tokens:,} tokens, {tokens * per_token:.3g} FLOPs" in "\n".join(lines)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plan = next(r for r in records if r["event"] == "plan")
+    assert (plan["tokens"], plan["flops_per_token"], plan["price_per_hour"]) == (tokens, per_token, 3.6)
+    trains = [r for r in records if r["event"] == "train"]
+    assert trains[0]["eta_s"] is None and all(r["eta_s"] >= 0 for r in trains[1:]) and trains[-1]["eta_s"] == 0
+    end = next(r for r in records if r["event"] == "end")
+    assert end["cost"] == pytest.approx(end["wall_time_s"] / 3600 * 3.6, rel=1e-3)
+    assert f"cost {end['cost']:,.2f}" in lines[-1]
+    summary = summarize(read_run(tmp_path / "run"))
+    assert summary["cost"] == end["cost"]
+    assert summary["achieved_flops_per_s"] == pytest.approx(summary["median_tokens_per_s"] * per_token)
+    assert summary["median_mfu"] is None  # no known peak on a CPU
+    assert "achieved FLOP/s" in (tmp_path / "run" / "report.html").read_text()
+    assert result["steps"] == 6
+
+
+def test_price_per_hour_must_be_a_price():
+    from gptrain.config import TrainConfig
+    from gptrain.errors import GptrainError
+
+    with pytest.raises(GptrainError, match="--price-per-hour must be a non-negative number"):
+        TrainConfig(price_per_hour=-1.0)

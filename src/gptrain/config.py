@@ -159,6 +159,8 @@ class TrainConfig:
     sample_tokens: int = 50
     train_ratio: float = 0.9
     stride: int | None = None
+    # The price of one device-hour: the run's report and last line give its cost.
+    price_per_hour: float | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
@@ -191,6 +193,8 @@ class TrainConfig:
             raise GptrainError(f"unknown --logger {', '.join(unknown_loggers)}: choose from {', '.join(LOGGERS)}")
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.price_per_hour is not None and not (self.price_per_hour >= 0 and math.isfinite(self.price_per_hour)):
+            raise GptrainError(f"--price-per-hour must be a non-negative number, not {self.price_per_hour!r}")
         get_preset(self.preset)
 
     def model_config(self) -> GPTConfig:

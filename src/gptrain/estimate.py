@@ -184,7 +184,7 @@ class Memory:
     activations: int
     activations_checkpointed: int
     backward_transient: int
-    overhead: int  # interpreter and libraries (CPU), or the CUDA context
+    overhead: int  # the interpreter, torch and its first step's set-up (CPU), or the CUDA context
     peak: int
     peak_checkpointed: int
     capacity: int | None
@@ -211,12 +211,17 @@ def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distri
     gathered = 2 * 4 * (params - counts.embedding) // cfg.n_layers if distribution == "fsdp" and devices > 1 else 0
     bucket = 4 * params if distribution == "ddp" and devices > 1 else 0
     head_gradient = 4 * cfg.vocab_size * cfg.emb_dim
-    logits_gradient_per_seq = (4 + (0 if precision == "fp32" else 2)) * cfg.context_length * cfg.vocab_size
+    e = 4 if precision == "fp32" else 2
 
     def peak_at(batch: int, checkpointing: bool) -> tuple[int, int, int]:
         acts = sum(activation_bytes(cfg, batch, precision, math_attention=math_attention,
                                     checkpointing=checkpointing).values())
-        transient = head_gradient + logits_gradient_per_seq * batch
+        # The backward pass begins at the vocabulary-wide tensors while every activation is live. The
+        # logits stay held until the step ends; beside the saved log-softmax (an activation) come the
+        # gradient of the negative log-likelihood and that of the log-softmax (fp32 each). Once those
+        # are used, the logits' gradient (autocast dtype) and the head's weight gradient take their place.
+        logits = batch * cfg.context_length * cfg.vocab_size
+        transient = e * logits + max(8 * logits, (e - 4) * logits + head_gradient)
         backward_start = acts + lowp + transient
         backward_end = gradients + bucket
         return overhead + weights + optimizer + gathered + max(backward_start, backward_end), acts, transient
@@ -249,6 +254,25 @@ def process_memory() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def cpu_runtime_memory(precision: str) -> int:
+    """This process's resident memory once it has taken a training step of a minimal model: the
+    interpreter, torch and gptrain, and what the first step sets up for good (thread pools, the
+    kernel libraries' buffers, about 100 MB on a CPU). A training process holds it besides the model."""
+    from gptrain.config import TrainConfig
+    from gptrain.model import GPTModel
+    from gptrain.train import forward_backward, make_optimizer
+
+    cfg = GPTConfig(vocab_size=256, context_length=16, emb_dim=32, n_heads=2, n_layers=1)
+    model = GPTModel(cfg)
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.context_length + 1))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    forward_backward(model, tokens[:, :-1], tokens[:, 1:],
+                     lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None))
+    optimizer.step()
+    return process_memory()
 
 
 def cpu_memory() -> int:
@@ -458,7 +482,7 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
 
     math_attention = on_cpu and cfg.drop_rate > 0
     capacity = cpu_memory() if on_cpu else accelerator.memory
-    overhead = process_memory() if on_cpu else CUDA_CONTEXT_BYTES
+    overhead = cpu_runtime_memory(plan.precision) if on_cpu else CUDA_CONTEXT_BYTES
     memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
                                devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead)
     optimal = CHINCHILLA_TOKENS_PER_PARAM * counts.total
@@ -647,3 +671,28 @@ def estimate_from_args(args) -> Estimate:
     result = estimate(plan, measure=args.measure)
     check_fits(result)
     return result
+
+
+# --- A run's clock and bill ---
+
+class RunClock:
+    """The time left in a run, from its steps measured so far; the first step (allocations, kernel
+    selection, compilation) is a warm-up and is left out. Evaluations and samples are in it, as
+    they are in the wall time."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.first: tuple[float, int] | None = None
+
+    def remaining(self, step: int) -> float | None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, step)
+        started, first_step = self.first
+        if step == first_step:
+            return None
+        return (now - started) / (step - first_step) * max(0, self.total_steps - step)
+
+
+def run_cost(seconds: float, price_per_hour: float | None, devices: int) -> float | None:
+    return None if price_per_hour is None else seconds / 3600 * price_per_hour * devices

@@ -41,6 +41,7 @@ class RunLog:
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)  # what each start or resume set out to do
     notes: list[dict[str, Any]] = field(default_factory=list)  # every other kind of record, in order
 
 
@@ -78,7 +79,7 @@ def read_run(path: str | Path) -> RunLog:
             run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
             continue
         kind = record.get("event")
-        {"train": run.train, "eval": run.evals, "sample": run.samples}.get(kind, run.notes).append(record)
+        {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans}.get(kind, run.notes).append(record)
     return run
 
 
@@ -126,6 +127,20 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "last_gap": last_val - last_train if None not in (last_val, last_train) else None,
         "median_tokens_per_s": statistics.median(rates) if rates else None,
         "parameters": _parameters(run.config.get("model")),
+        **_economics(run, statistics.median(rates) if rates else None),
+    }
+
+
+def _economics(run: RunLog, tokens_per_s: float | None) -> dict[str, float | None]:
+    """Achieved FLOP/s (training steps only), MFU where the peak is known, and the cost where a price was given."""
+    plan = run.plans[-1] if run.plans else {}
+    per_token = _number(plan.get("flops_per_token"))
+    mfus = [x for r in run.train if (x := _number(r.get("mfu"))) is not None]
+    costs = [c for r in run.notes if r.get("event") == "end" and (c := _number(r.get("cost"))) is not None]
+    return {
+        "achieved_flops_per_s": tokens_per_s * per_token if None not in (tokens_per_s, per_token) else None,
+        "median_mfu": statistics.median(mfus) if mfus else None,
+        "cost": sum(costs) if costs else None,  # a resumed run is billed for each of its sessions
     }
 
 
@@ -297,6 +312,18 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {round(seconds) % 60:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def _flops(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
+
+
 def _img(images: dict[str, str], name: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{images[name]}">'
 
@@ -308,7 +335,9 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("last val loss", "last_val_loss", _fmt), ("last val perplexity", "last_val_perplexity", _fmt),
             ("best val loss", "best_val_loss", _fmt), ("best val perplexity", "best_val_perplexity", _fmt),
             ("step of the best val loss", "best_step", _fmt), ("last gap (val - train)", "last_gap", _fmt),
-            ("median tokens/s", "median_tokens_per_s", _fmt)]
+            ("median tokens/s", "median_tokens_per_s", _fmt),
+            ("achieved FLOP/s", "achieved_flops_per_s", _flops), ("MFU", "median_mfu", _percent),
+            ("cost", "cost", _money)]
     head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
     body = "".join(
         f"<tr><th>{label}</th>" + "".join(f'<td class="num">{html.escape(show(s[key]))}</td>'

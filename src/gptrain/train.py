@@ -36,7 +36,7 @@ from gptrain.checkpoint import (
 from gptrain.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
-from gptrain.estimate import flops_per_token
+from gptrain.estimate import RunClock, flops_per_token, human, run_cost
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
@@ -578,6 +578,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     disable=None if main else True, leave=False)
     step_seconds = 0.0  # training time since the last train record: evaluations and samples excluded
     peak = peak_flops(run.device, cfg.precision)
+    per_token = flops_per_token(run.raw_model)
+    planned_tokens = (run.total_steps - state["step"]) * run.tokens_per_step
+    run.echo(f"Plan: {planned_tokens:,} tokens, {planned_tokens * per_token:.3g} FLOPs ({human(per_token)} per token)"
+             + (f", peak {human(peak * run.procs.world_size, 'FLOP/s')}" if peak else ""))
+    run.log.write("plan", step=state["step"], tokens=planned_tokens, flops_per_token=per_token,
+                  flops=planned_tokens * per_token, peak_flops=peak and peak * run.procs.world_size,
+                  devices=run.procs.world_size, price_per_hour=cfg.price_per_hour)
+    clock = RunClock(run.total_steps)
     try:
         with StopOnSignal() as stop:
             run.raw_model.train()
@@ -588,14 +596,17 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 step_seconds += time.perf_counter() - step_started
                 global_step = state["step"] - 1  # the book's numbering: 0 is the first update
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}")
+                cost = run_cost(time.perf_counter() - started, cfg.price_per_hour, run.procs.world_size)
+                progress.set_postfix(loss=f"{loss:.3f}", **({} if cost is None else {"cost": f"{cost:.2f}"}))
+                remaining = clock.remaining(state["step"])
                 if main and state["step"] % cfg.log_every == 0:
                     rate = cfg.log_every * run.tokens_per_step / max(step_seconds, 1e-9)
                     step_seconds = 0.0
-                    mfu = rate * flops_per_token(run.raw_model) / (peak * run.procs.world_size) if peak else None
+                    mfu = rate * per_token / (peak * run.procs.world_size) if peak else None
                     run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
-                                  mfu=None if mfu is None else round(mfu, 4))
+                                  mfu=None if mfu is None else round(mfu, 4),
+                                  eta_s=None if remaining is None else round(remaining, 1))
                 early_stop = False
                 if main and global_step % cfg.eval_freq == 0:
                     early_stop = log_evaluation(run, state, global_step, started)
@@ -629,8 +640,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             else:
                 save_run_checkpoint(run, state, run.out / "final")
             wall = time.perf_counter() - started
+            cost = run_cost(wall, cfg.price_per_hour, run.procs.world_size)
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
-                          stopped_by=stopped_by, early_stopped=early_stopped)
+                          stopped_by=stopped_by, early_stopped=early_stopped, cost=cost)
     finally:
         progress.close()
         run.log.close()
@@ -645,7 +657,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         write_report(run.out)
     if not stopped_by and state["train_losses"]:
         run.echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
-                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best")
+                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best"
+                 + ("" if cost is None else f"; cost {cost:,.2f} at {cfg.price_per_hour:g} per device-hour"))
     return {"run_dir": str(run.out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
             "train_losses": state["train_losses"], "val_losses": state["val_losses"],
             "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall, "stopped_by": stopped_by,
