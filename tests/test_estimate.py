@@ -191,3 +191,42 @@ def test_price_per_hour_must_be_a_price():
 
     with pytest.raises(GptrainError, match="--price-per-hour must be a non-negative number"):
         TrainConfig(price_per_hour=-1.0)
+
+
+def test_measure_times_real_steps_on_this_machine(tiny_cfg):
+    plan = Plan(tiny_cfg, tokens=100_000, batch_size=4, gpu="cpu", precision="fp32", eval_freq=10, eval_iter=1)
+    result = estimate(plan, measure=True)
+    assert result.throughput_source == "measured here" and 0 < result.mfu <= 1
+    measured = result.measured
+    training_s = result.tokens / measured["tokens_per_s"]
+    evaluations_s = 79 * 2 * 1 * 4 * 32 / measured["eval_tokens_per_s"]  # ceil(782 steps / 10) evaluations
+    assert result.steps == 782
+    # Plus the start-up a run pays: this process's age and building the model.
+    assert result.wall_time_s > training_s + evaluations_s + measured["build_s"]
+    assert result.memory["overhead"] > 0  # the CPU runtime's own memory
+
+
+def test_measure_needs_the_gpu_it_measures(tiny_cfg):
+    from gptrain.errors import GptrainError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(GptrainError, match="--measure runs steps on this machine, which has no H100"):
+        estimate(Plan(tiny_cfg, tokens=1000, gpu="H100"), measure=True)
+
+
+def test_the_model_comes_from_a_checkpoint_or_a_hugging_face_folder(tmp_path, tiny_cfg, capsys):
+    from gptrain.checkpoint import save_checkpoint
+
+    save_checkpoint(GPTModel(tiny_cfg), tmp_path / "ckpt")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 3, "n_head": 4,
+                                                "n_positions": 256, "vocab_size": 50257}))
+    for source, cfg in [(tmp_path / "ckpt", tiny_cfg),
+                        (hf, GPTConfig(context_length=256, emb_dim=64, n_heads=4, n_layers=3, qkv_bias=True,
+                                       tie_embeddings=True))]:
+        assert main(["estimate", "--checkpoint", str(source), "--tokens", "1e6", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["parameters"]["total"] == parameter_counts(cfg).total
+        assert result["plan"]["model"]["context_length"] == cfg.context_length

@@ -298,7 +298,7 @@ def cpu_peak_flops(precision: str, size: int = 2048, repeats: int = 3) -> float:
 class Measured:
     tokens_per_s: float
     eval_tokens_per_s: float
-    startup_s: float  # from the process's start to a built model: what a run pays before its first step
+    build_s: float  # building the model and its optimizer, which a run pays before its first step
 
 
 def process_age() -> float:
@@ -327,12 +327,13 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
 
     if device.type == "cpu":
         retain_freed_memory()
+    started = time.perf_counter()
     torch.manual_seed(0)
     model = GPTModel(cfg).to(device)
     if device.type == "cuda":
         model.pad_vocab(64)
     optimizer = make_optimizer(model, TrainConfig(), device)
-    startup = process_age()
+    build_s = time.perf_counter() - started
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
     batch = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
@@ -358,7 +359,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
         eval_seconds = (time.perf_counter() - started) / steps
     tokens = batch_size * cfg.context_length
     return Measured(tokens_per_s=grad_accum * tokens / train_seconds, eval_tokens_per_s=tokens / eval_seconds,
-                    startup_s=startup)
+                    build_s=build_s)
 
 
 # --- The estimate ---
@@ -445,6 +446,7 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
     With ``measure``, a few real training steps on this machine give the throughput (the plan's
     hardware must then be this machine: ``cpu``, or the GPU it has).
     """
+    started_s = process_age()  # the interpreter's and imports' start-up, which a run pays too
     cfg = plan.model
     counts = parameter_counts(cfg)
     per_token = flops_per_token(cfg)
@@ -453,6 +455,12 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
     total_flops = per_token * tokens
     on_cpu = plan.gpu.lower() == "cpu"
     accelerator = None if on_cpu else find_accelerator(plan.gpu)
+    # Memory first: the measured steps below grow this process, whose runtime memory the CPU figure includes.
+    math_attention = on_cpu and cfg.drop_rate > 0
+    capacity = cpu_memory() if on_cpu else accelerator.memory
+    overhead = cpu_runtime_memory(plan.precision) if on_cpu else CUDA_CONTEXT_BYTES
+    memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
+                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead)
     peak = cpu_peak_flops(plan.precision) if on_cpu else accelerator.peak(plan.precision)
 
     measured = None
@@ -476,15 +484,10 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
         eval_rate = measured.eval_tokens_per_s * plan.gpus if measured else 3 * tokens_per_s
         wall += eval_tokens / eval_rate
     if measured:
-        wall += measured.startup_s
+        wall += started_s + measured.build_s
     device_hours = wall * plan.gpus / 3600
     watts = plan.watts if plan.watts is not None else (accelerator.watts if accelerator else 0.0)
 
-    math_attention = on_cpu and cfg.drop_rate > 0
-    capacity = cpu_memory() if on_cpu else accelerator.memory
-    overhead = cpu_runtime_memory(plan.precision) if on_cpu else CUDA_CONTEXT_BYTES
-    memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
-                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead)
     optimal = CHINCHILLA_TOKENS_PER_PARAM * counts.total
     plan_dict = {**asdict(plan), "model": cfg.to_dict(), "gpu": "cpu" if on_cpu else accelerator.name,
                  "tokens_per_step": plan.tokens_per_step}
