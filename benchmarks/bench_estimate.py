@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["time", "memory"], default=None)
     parser.add_argument("--steps", type=int, default=200, help="training steps of the timed run")
     parser.add_argument("--rounds", type=int, default=2, help="estimate-then-train rounds")
+    parser.add_argument("--fp32", action="store_true", help="memory in fp32 too, besides the default precision")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from gptrain.runtime import resolve_precision
@@ -140,7 +141,7 @@ def main() -> None:
     if args.only in (None, "memory"):
         print(f"\n(b) peak memory of a training step ({'CUDA max allocated' if device == 'cuda' else 'peak RSS'}), "
               "three steps in a fresh process each")
-        memory_benchmark(device, [precision] if precision == "fp32" else [precision, "fp32"])
+        memory_benchmark(device, [precision] if precision == "fp32" or not args.fp32 else [precision, "fp32"])
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def test_price_per_hour_must_be_a_price():
 
 def test_measure_times_real_steps_on_this_machine(tiny_cfg):
     plan = Plan(tiny_cfg, tokens=100_000, batch_size=4, gpu="cpu", precision="fp32", eval_freq=10, eval_iter=1)
-    result = estimate(plan, measure=True)
+    result = estimate(plan, measure=True, measure_seconds=0.5)
     assert result.throughput_source == "measured here" and 0 < result.mfu <= 1
     measured = result.measured
     training_s = result.tokens / measured["tokens_per_s"]

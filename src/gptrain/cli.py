@@ -82,7 +82,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
     p.add_argument("--device", default=s, help=DEVICE_HELP + " [auto]")
-    p.add_argument("--price-per-hour", type=float, default=s, help="price of one device-hour: the report gives the cost")
+    p.add_argument("--price-per-hour", type=float, default=s,
+                   help="price of one device-hour: the report and the last line give the run's cost")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
                         "updated by the flags given)")

@@ -314,11 +314,12 @@ def process_age() -> float:
 
 
 def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precision: str,
-                       device: torch.device, steps: int = 5) -> Measured:
+                       device: torch.device, min_seconds: float = 10.0, min_steps: int = 3) -> Measured:
     """Run real training steps (gptrain train's optimizer and forward-backward) on random tokens and time them.
 
-    The first step is a warm-up (allocations, kernel selection) and is not counted; evaluation's
-    forward passes are timed separately.
+    Two warm-up steps (allocations, kernel selection, the heap growing to its size) are not counted;
+    then steps run for at least ``min_seconds``, so that a machine whose load varies is averaged
+    over a while. Evaluation's forward passes are timed separately.
     """
     from gptrain.config import TrainConfig
     from gptrain.model import GPTModel
@@ -346,17 +347,20 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
         optimizer.step()
         torch.cuda.synchronize(device) if device.type == "cuda" else None
 
+    def timed(run_once, seconds: float) -> float:
+        """Seconds per call of ``run_once``, over at least min_steps calls and ``seconds``."""
+        count, started = 0, time.perf_counter()
+        while count < min_steps or time.perf_counter() - started < seconds:
+            run_once()
+            count += 1
+        return (time.perf_counter() - started) / count
+
     step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_seconds = (time.perf_counter() - started) / steps
+    step()
+    train_seconds = timed(step, min_seconds)
     model.eval()
     with torch.no_grad(), autocast():
-        started = time.perf_counter()
-        for _ in range(steps):
-            model(inputs).float().sum().item()
-        eval_seconds = (time.perf_counter() - started) / steps
+        eval_seconds = timed(lambda: model(inputs).float().sum().item(), min_seconds / 4)
     tokens = batch_size * cfg.context_length
     return Measured(tokens_per_s=grad_accum * tokens / train_seconds, eval_tokens_per_s=tokens / eval_seconds,
                     build_s=build_s)
@@ -440,11 +444,13 @@ class Estimate:
         return asdict(self)
 
 
-def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device | None = None) -> Estimate:
+def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device | None = None,
+             measure_seconds: float = 10.0) -> Estimate:
     """Parameters, FLOPs, time, cost, energy and memory of ``plan``.
 
-    With ``measure``, a few real training steps on this machine give the throughput (the plan's
-    hardware must then be this machine: ``cpu``, or the GPU it has).
+    With ``measure``, real training steps on this machine for ``measure_seconds`` give the throughput
+    (the plan's hardware must then be this machine: ``cpu``, or the GPU it has), and the wall time
+    includes this process's start-up (its age now), which stands for the run's own.
     """
     started_s = process_age()  # the interpreter's and imports' start-up, which a run pays too
     cfg = plan.model
@@ -469,7 +475,8 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
         if not on_cpu and device.type != "cuda":
             raise GptrainError(f"--measure runs steps on this machine, which has no {accelerator.name}: "
                                "use --gpu cpu, or --mfu to assume a utilisation")
-        measured = measure_throughput(cfg, plan.batch_size, plan.grad_accum, plan.precision, device)
+        measured = measure_throughput(cfg, plan.batch_size, plan.grad_accum, plan.precision, device,
+                                      min_seconds=measure_seconds)
         tokens_per_s = measured.tokens_per_s * plan.gpus
         mfu, source = tokens_per_s * per_token / (peak * plan.gpus), "measured here"
     else:
@@ -638,7 +645,8 @@ def estimate_from_args(args) -> Estimate:
     accelerator = None if on_cpu else find_accelerator(args.gpu)
     precision = args.precision
     if precision == "auto":
-        precision = resolve_precision("auto", torch.device("cpu")) if on_cpu else ("bf16" if accelerator.bf16 else "fp16")
+        gpu_precision = "bf16" if accelerator and accelerator.bf16 else "fp16"
+        precision = resolve_precision("auto", torch.device("cpu")) if on_cpu else gpu_precision
     if args.batch_size < 1 or args.gpus < 1:
         raise GptrainError("--batch-size and --gpus must be positive integers")
     grad_accum = args.grad_accum or 1
@@ -658,7 +666,8 @@ def estimate_from_args(args) -> Estimate:
     elif args.epochs is not None:
         if args.data is None or args.epochs < 1:
             raise GptrainError("--epochs needs --data (the corpus to count) and a positive number of epochs")
-        tokens, budget = tokens_of_epochs(cfg, args.data, args.epochs, tokens_per_step), f"{args.epochs} epoch(s) of {args.data}"
+        tokens = tokens_of_epochs(cfg, args.data, args.epochs, tokens_per_step)
+        budget = f"{args.epochs} epoch(s) of {args.data}"
     elif args.tokens is not None:
         if not (math.isfinite(args.tokens) and args.tokens >= 1):
             raise GptrainError(f"--tokens must be at least 1, not {args.tokens:g}: give the run's training tokens")

@@ -79,7 +79,8 @@ def read_run(path: str | Path) -> RunLog:
             run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
             continue
         kind = record.get("event")
-        {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans}.get(kind, run.notes).append(record)
+        records = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans}
+        records.get(kind, run.notes).append(record)
     return run
 
 
