@@ -66,22 +66,23 @@ def measure_step(cfg: GPTConfig, batch: int, precision: str, device: str, alloca
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory_benchmark(device: str, precisions: list[str]) -> None:
+def memory_benchmark(device: str, precisions: list[str], with_124m: bool, retained: bool) -> None:
     shapes = [
         ("tiny preset, ctx 128", get_preset("tiny"), (8, 32)),
         ("small: 6 x 384, ctx 256", GPTConfig(context_length=256, emb_dim=384, n_heads=6, n_layers=6), (4, 16)),
-        ("124M, ctx 256", get_preset("124M").replace(context_length=256), (1, 4)),
     ]
+    if with_124m:
+        shapes.append(("124M, ctx 256", get_preset("124M").replace(context_length=256), (1, 4)))
+    retained = retained and device == "cpu"
     mib = lambda b: f"{b / 2 ** 20:,.0f} MiB"  # noqa: E731
-    if device == "cpu":
+    measured_label = "measured peak RSS" if device == "cpu" else "measured max allocated"
+    header = f"| model | micro-batch | precision | estimated peak | {measured_label} | error |"
+    if retained:
         print("glibc's allocator returns large freed blocks to the system, so its peak RSS is the step's peak; "
               "gptrain train keeps freed memory for speed (runtime.retain_freed_memory), and its heap grows past it.")
-        print("| model | micro-batch | precision | estimated peak | measured peak RSS | error | "
-              "RSS as gptrain train holds it | its ratio to the estimate |")
-        print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    else:
-        print("| model | micro-batch | precision | estimated peak | measured max allocated | error |")
-        print("| --- | ---: | --- | ---: | ---: | ---: |")
+        header += " RSS as gptrain train holds it | its ratio to the estimate |"
+    print(header)
+    print("| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if retained else ""))
     for precision in precisions:
         # The CPU's runtime memory, as this process has it after a minimal step (the CUDA context is not allocated).
         overhead = cpu_runtime_memory(precision) if device == "cpu" else 0
@@ -92,9 +93,9 @@ def memory_benchmark(device: str, precisions: list[str]) -> None:
                 measured = measure_step(cfg, batch, precision, device)["peak"]
                 row = (f"| {label} | {batch} | {precision} | {mib(estimated)} | {mib(measured)} | "
                        f"{estimated / measured - 1:+.1%} |")
-                if device == "cpu":
-                    retained = measure_step(cfg, batch, precision, device, "retained")["peak"]
-                    row += f" {mib(retained)} | {retained / estimated:.2f} |"
+                if retained:
+                    held = measure_step(cfg, batch, precision, device, "retained")["peak"]
+                    row += f" {mib(held)} | {held / estimated:.2f} |"
                 print(row, flush=True)
 
 
@@ -127,6 +128,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps of the timed run")
     parser.add_argument("--rounds", type=int, default=2, help="estimate-then-train rounds")
     parser.add_argument("--fp32", action="store_true", help="memory in fp32 too, besides the default precision")
+    parser.add_argument("--with-124m", action="store_true", help="memory of the 124M model too (about 4 GB)")
+    parser.add_argument("--retained", action="store_true",
+                        help="also the peak RSS with gptrain train's allocator setting, which keeps freed memory")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from gptrain.runtime import resolve_precision
@@ -141,7 +145,8 @@ def main() -> None:
     if args.only in (None, "memory"):
         print(f"\n(b) peak memory of a training step ({'CUDA max allocated' if device == 'cuda' else 'peak RSS'}), "
               "three steps in a fresh process each")
-        memory_benchmark(device, [precision] if precision == "fp32" or not args.fp32 else [precision, "fp32"])
+        memory_benchmark(device, [precision] if precision == "fp32" or not args.fp32 else [precision, "fp32"],
+                         args.with_124m, args.retained)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from gptrain.checkpoint import (
 from gptrain.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
-from gptrain.estimate import RunClock, flops_per_token, human, run_cost
+from gptrain.estimate import RunClock, duration, flops_per_token, human, run_cost
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.metrics import MetricsLog, truncate_metrics
@@ -596,17 +596,17 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 step_seconds += time.perf_counter() - step_started
                 global_step = state["step"] - 1  # the book's numbering: 0 is the first update
                 progress.update(1)
-                cost = run_cost(time.perf_counter() - started, cfg.price_per_hour, run.procs.world_size)
-                progress.set_postfix(loss=f"{loss:.3f}", **({} if cost is None else {"cost": f"{cost:.2f}"}))
                 remaining = clock.remaining(state["step"])
+                cost = run_cost(time.perf_counter() - started, cfg.price_per_hour, run.procs.world_size)
+                progress.set_postfix(loss=f"{loss:.3f}", **({} if remaining is None else {"eta": duration(remaining)}),
+                                     **({} if cost is None else {"cost": f"{cost:.2f}"}))
                 if main and state["step"] % cfg.log_every == 0:
                     rate = cfg.log_every * run.tokens_per_step / max(step_seconds, 1e-9)
                     step_seconds = 0.0
                     mfu = rate * per_token / (peak * run.procs.world_size) if peak else None
                     run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
-                                  mfu=None if mfu is None else round(mfu, 4),
-                                  eta_s=None if remaining is None else round(remaining, 1))
+                                  mfu=None if mfu is None else round(mfu, 4))
                 early_stop = False
                 if main and global_step % cfg.eval_freq == 0:
                     early_stop = log_evaluation(run, state, global_step, started)
@@ -641,8 +641,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 save_run_checkpoint(run, state, run.out / "final")
             wall = time.perf_counter() - started
             cost = run_cost(wall, cfg.price_per_hour, run.procs.world_size)
+            priced = {} if cost is None else {"cost": cost}
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
-                          stopped_by=stopped_by, early_stopped=early_stopped, cost=cost)
+                          stopped_by=stopped_by, early_stopped=early_stopped, **priced)
     finally:
         progress.close()
         run.log.close()
