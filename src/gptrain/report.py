@@ -67,6 +67,7 @@ def read_run(path: str | Path) -> RunLog:
     except (OSError, ValueError) as exc:
         run.notes.append({"event": "report", "text": f"config.json cannot be read: {exc}"})
     lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
+    by_kind = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -78,9 +79,7 @@ def read_run(path: str | Path) -> RunLog:
             # A run killed mid-write leaves a partial last line; say so rather than refuse the page.
             run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
             continue
-        kind = record.get("event")
-        records = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans}
-        records.get(kind, run.notes).append(record)
+        by_kind.get(record.get("event"), run.notes).append(record)
     return run
 
 
