@@ -34,7 +34,8 @@ from common import (  # noqa: E402
 from gptrain import TrainConfig, get_preset  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
 from gptrain.runtime import peak_flops, retain_freed_memory  # noqa: E402
-from gptrain.train import flops_per_token, forward_backward, make_optimizer  # noqa: E402
+from gptrain.estimate import flops_per_token  # noqa: E402
+from gptrain.train import forward_backward, make_optimizer  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -179,6 +179,8 @@ class TrainConfig:
     fsdp: bool = False
     # Recompute each transformer block's activations in backward instead of storing them.
     activation_checkpointing: bool = False
+    # The price of one device-hour: the run's report and last line give its cost.
+    price_per_hour: float | None = None
 
     def __post_init__(self):
         _check_types(self)
@@ -251,6 +253,8 @@ class TrainConfig:
                                            else self.lora_targets)
         if self.lora_rank is not None and self.lora_alpha is None:
             self.lora_alpha = 2.0 * self.lora_rank  # saved resolved, like precision
+        if self.price_per_hour is not None and not (self.price_per_hour >= 0 and math.isfinite(self.price_per_hour)):
+            raise GptrainError(f"--price-per-hour must be a non-negative number, not {self.price_per_hour!r}")
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""

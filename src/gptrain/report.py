@@ -44,6 +44,7 @@ class RunLog:
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[dict[str, Any]] = field(default_factory=list)  # benchmark scores (gptrain.tasks)
+    plans: list[dict[str, Any]] = field(default_factory=list)  # what each start or resume set out to do
     notes: list[dict[str, Any]] = field(default_factory=list)  # every other kind of record, in order
 
 
@@ -69,6 +70,7 @@ def read_run(path: str | Path) -> RunLog:
     except (OSError, ValueError) as exc:
         run.notes.append({"event": "report", "text": f"config.json cannot be read: {exc}"})
     lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
+    by_kind = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans, "task": run.tasks}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -80,8 +82,7 @@ def read_run(path: str | Path) -> RunLog:
             # A run killed mid-write leaves a partial last line; say so rather than refuse the page.
             run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
             continue
-        kind = record.get("event")
-        {"train": run.train, "eval": run.evals, "sample": run.samples, "task": run.tasks}.get(kind, run.notes).append(record)
+        by_kind.get(record.get("event"), run.notes).append(record)
     return run
 
 
@@ -138,6 +139,20 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "initial_val_loss": _number(initial.get("val_loss")),
         "peak_memory_mb": next((r["peak_memory_mb"] for r in reversed(run.notes)
                                 if r.get("event") == "end" and isinstance(r.get("peak_memory_mb"), list)), None),
+        **_economics(run, statistics.median(rates) if rates else None),
+    }
+
+
+def _economics(run: RunLog, tokens_per_s: float | None) -> dict[str, float | None]:
+    """Achieved FLOP/s (training steps only), MFU where the peak is known, and the cost where a price was given."""
+    plan = run.plans[-1] if run.plans else {}
+    per_token = _number(plan.get("flops_per_token"))
+    mfus = [x for r in run.train if (x := _number(r.get("mfu"))) is not None]
+    costs = [c for r in run.notes if r.get("event") == "end" and (c := _number(r.get("cost"))) is not None]
+    return {
+        "achieved_flops_per_s": tokens_per_s * per_token if None not in (tokens_per_s, per_token) else None,
+        "median_mfu": statistics.median(mfus) if mfus else None,
+        "cost": sum(costs) if costs else None,  # a resumed run is billed for each of its sessions
     }
 
 
@@ -351,6 +366,18 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {round(seconds) % 60:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def _flops(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
+
+
 def _img(images: dict[str, str], name: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{images[name]}">'
 
@@ -363,7 +390,9 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("best val loss", "best_val_loss", _fmt), ("best val perplexity", "best_val_perplexity", _fmt),
             ("step of the best val loss", "best_step", _fmt), ("last gap (val - train)", "last_gap", _fmt),
             ("median tokens/s", "median_tokens_per_s", _fmt),
-            ("peak memory per process", "peak_memory_mb", _megabytes)]
+            ("peak memory per process", "peak_memory_mb", _megabytes),
+            ("achieved FLOP/s", "achieved_flops_per_s", _flops), ("MFU", "median_mfu", _percent),
+            ("cost", "cost", _money)]
     if any(s["init"] for s in summaries):
         rows += [("initialized from (--init)", "init", _fmt), ("its weights' sha256", "init_sha256", _fmt),
                  ("LoRA rank", "lora_rank", _fmt), ("initial train loss (before training)", "initial_train_loss", _fmt),

@@ -126,17 +126,17 @@ def max_over_processes(value: int, procs: Processes, device: torch.device) -> in
     return int(t.item())
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) by GPU name, for MFU; fp32 runs use TF32 at half of it.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-                  "A10G": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
-
-
 def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The data sheet's dense peak of this GPU in ``precision`` (gptrain.estimate's table), for MFU."""
+    from gptrain.estimate import accelerator_of_device
+
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
-    return None if peak is None else peak / (2 if precision == "fp32" else 1)
+    accelerator = accelerator_of_device(torch.cuda.get_device_name(device))
+    try:
+        return None if accelerator is None else accelerator.peak(precision)
+    except GptrainError:
+        return None
 
 
 def peak_memory_mb(device: torch.device) -> float:

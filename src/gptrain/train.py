@@ -37,6 +37,7 @@ from gptrain.checkpoint import (
 from gptrain.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.data import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
+from gptrain.estimate import RunClock, duration, flops_per_token, human, run_cost
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.lora import ADAPTER_FILE, PEFT_DIR, add_lora, export_peft_adapter, has_lora, load_adapter
@@ -338,17 +339,6 @@ def new_state() -> dict[str, Any]:
     return {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val_loss": math.inf,
             "best_step": None, "evals_since_best": 0, "overfitting_warned": False,
             "train_losses": [], "val_losses": [], "track_tokens_seen": []}
-
-
-# --- Throughput ---
-
-# Dense bf16 tensor-core peaks (FLOP/s) by GPU name; fp32 runs use TF32 at half of it.
-def flops_per_token(model: GPTModel) -> float:
-    """Training FLOPs per token: 6 per matrix weight (2 forward, 4 backward) plus attention's scores
-    and mixing. Embeddings are lookups, not products; the output head is a product, tied or not."""
-    cfg = model.cfg
-    weights = sum(p.numel() for p in model.trf_blocks.parameters()) + cfg.vocab_size * cfg.emb_dim
-    return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
 
 
 # --- One step, one evaluation ---
@@ -668,6 +658,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                     disable=None if main else True, leave=False)
     step_seconds = 0.0  # training time since the last train record: evaluations and samples excluded
     peak = peak_flops(run.device, cfg.precision)
+    per_token = flops_per_token(run.raw_model)
+    planned_tokens = (run.total_steps - state["step"]) * run.tokens_per_step
+    run.echo(f"Plan: {planned_tokens:,} tokens, {planned_tokens * per_token:.3g} FLOPs ({human(per_token)} per token)"
+             + (f", peak {human(peak * run.procs.world_size, 'FLOP/s')}" if peak else ""))
+    run.log.write("plan", step=state["step"], tokens=planned_tokens, flops_per_token=per_token,
+                  flops=planned_tokens * per_token, peak_flops=peak and peak * run.procs.world_size,
+                  devices=run.procs.world_size, price_per_hour=cfg.price_per_hour)
+    clock = RunClock(run.total_steps)
     try:
         with StopOnSignal() as stop:
             run.raw_model.train()
@@ -678,11 +676,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 step_seconds += time.perf_counter() - step_started
                 global_step = state["step"] - 1  # the book's numbering: 0 is the first update
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}")
+                remaining = clock.remaining(state["step"])
+                cost = run_cost(time.perf_counter() - started, cfg.price_per_hour, run.procs.world_size)
+                progress.set_postfix(loss=f"{loss:.3f}", **({} if remaining is None else {"eta": duration(remaining)}),
+                                     **({} if cost is None else {"cost": f"{cost:.2f}"}))
                 if main and state["step"] % cfg.log_every == 0:
                     rate = cfg.log_every * run.tokens_per_step / max(step_seconds, 1e-9)
                     step_seconds = 0.0
-                    mfu = rate * flops_per_token(run.raw_model) / (peak * run.procs.world_size) if peak else None
+                    mfu = rate * per_token / (peak * run.procs.world_size) if peak else None
                     run.log.write("train", step=global_step, loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
                                   mfu=None if mfu is None else round(mfu, 4))
@@ -727,8 +728,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 if main and has_lora(run.raw_model):
                     export_peft_adapter(run.raw_model, run.out / "final" / PEFT_DIR, base_model=cfg.init)
             wall = time.perf_counter() - started
+            cost = run_cost(wall, cfg.price_per_hour, run.procs.world_size)
+            priced = {} if cost is None else {"cost": cost}
             run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(wall, 3),
-                          stopped_by=stopped_by, early_stopped=early_stopped, peak_memory_mb=memory)
+                          stopped_by=stopped_by, early_stopped=early_stopped, peak_memory_mb=memory, **priced)
             run.echo("Peak memory per process: " + ", ".join(f"{mb:,.0f} MB" for mb in memory)
                      + (" (allocated on the GPU)" if run.device.type == "cuda" else " (resident set size)"))
     finally:
@@ -745,7 +748,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         write_report(run.out)
     if not stopped_by and state["train_losses"]:
         run.echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
-                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best")
+                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best"
+                 + ("" if cost is None else f"; cost {cost:,.2f} at {cfg.price_per_hour:g} per device-hour"))
     return {"run_dir": str(run.out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
             "train_losses": state["train_losses"], "val_losses": state["val_losses"],
             "track_tokens_seen": state["track_tokens_seen"], "wall_time_s": wall, "stopped_by": stopped_by,
