@@ -57,6 +57,15 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
     p.add_argument("--cosine", action="store_true", default=s, help="decay the learning rate along a cosine")
     p.add_argument("--lr-decay-steps", type=int, default=s, help="length of the cosine decay [the whole budget]")
+    p.add_argument("--schedule", choices=["constant", "cosine", "wsd"], default=s,
+                   help="learning rate after warmup: constant, cosine to --min-lr, or wsd (warmup-stable-decay: "
+                        "constant, then a linear decay to --min-lr over the last --decay-fraction) [constant]")
+    p.add_argument("--decay-fraction", type=float, default=s, help="share of the steps wsd decays over [0.2]")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default=s,
+                   help="adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, head, "
+                        "norms and biases [adamw]")
+    p.add_argument("--muon-lr", type=float, default=s,
+                   help="Muon's learning rate (updates scaled to AdamW's RMS, so comparable to --lr) [--lr]")
     p.add_argument("--weight-decay", type=float, default=s, help="AdamW weight decay on matrices [0.1]")
     p.add_argument("--grad-clip", type=_optional_float, default=s, help="max gradient norm, 'none' disables [1.0]")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=s,
