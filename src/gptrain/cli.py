@@ -368,15 +368,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from gptrain.checkpoint import load_checkpoint
     from gptrain.generate import check_sampling_args, stream_tokens, stream_text
-    from gptrain.model import store_weights_transposed
     from gptrain.runtime import resolve_device
     from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
-    if device.type == "cpu":
-        store_weights_transposed(model)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     if idx.shape[1] == 0:
@@ -451,7 +448,6 @@ def run_lab_loss(args: argparse.Namespace) -> int:
 def run_lab_sweep(args: argparse.Namespace) -> int:
     from gptrain.checkpoint import load_checkpoint
     from gptrain.lab import parse_grid, sweep, sweep_table
-    from gptrain.model import store_weights_transposed
     from gptrain.tokenizer import get_tokenizer
     from gptrain.runtime import resolve_device
 
@@ -465,8 +461,6 @@ def run_lab_sweep(args: argparse.Namespace) -> int:
         model = load_gpt2(args.pretrained, device=device)
     else:
         model = load_checkpoint(args.checkpoint, device=device)
-    if device.type == "cpu":
-        store_weights_transposed(model)
     cells = sweep(model, get_tokenizer(), args.prompt, grid, args.max_new_tokens, args.seed)
     print(sweep_table(cells, args.prompt))
     return 0
