@@ -53,10 +53,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=s, help="stop after this many optimizer steps")
     p.add_argument("--max-tokens", type=int, default=s, help="stop after this many training tokens")
     p.add_argument("--lr", type=float, default=s, help="peak learning rate [4e-4]")
-    p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine decay [0]")
+    p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine or wsd decay [0]")
     p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
-    p.add_argument("--cosine", action="store_true", default=s, help="decay the learning rate along a cosine")
-    p.add_argument("--lr-decay-steps", type=int, default=s, help="length of the cosine decay [the whole budget]")
+    p.add_argument("--cosine", action="store_true", default=s,
+                   help="decay the learning rate along a cosine (= --schedule cosine)")
+    p.add_argument("--lr-decay-steps", type=int, default=s, help="horizon of the cosine or wsd decay [the whole budget]")
     p.add_argument("--schedule", choices=["constant", "cosine", "wsd"], default=s,
                    help="learning rate after warmup: constant, cosine to --min-lr, or wsd (warmup-stable-decay: "
                         "constant, then a linear decay to --min-lr over the last --decay-fraction) [constant]")
