@@ -54,10 +54,20 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=s, help="stop after this many optimizer steps")
     p.add_argument("--max-tokens", type=int, default=s, help="stop after this many training tokens")
     p.add_argument("--lr", type=float, default=s, help="peak learning rate [4e-4]")
-    p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine decay [0]")
+    p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine or wsd decay [0]")
     p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
-    p.add_argument("--cosine", action="store_true", default=s, help="decay the learning rate along a cosine")
-    p.add_argument("--lr-decay-steps", type=int, default=s, help="length of the cosine decay [the whole budget]")
+    p.add_argument("--cosine", action="store_true", default=s,
+                   help="decay the learning rate along a cosine (= --schedule cosine)")
+    p.add_argument("--lr-decay-steps", type=int, default=s, help="horizon of the cosine or wsd decay [the whole budget]")
+    p.add_argument("--schedule", choices=["constant", "cosine", "wsd"], default=s,
+                   help="learning rate after warmup: constant, cosine to --min-lr, or wsd (warmup-stable-decay: "
+                        "constant, then a linear decay to --min-lr over the last --decay-fraction) [constant]")
+    p.add_argument("--decay-fraction", type=float, default=s, help="share of the steps wsd decays over [0.2]")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default=s,
+                   help="adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, head, "
+                        "norms and biases [adamw]")
+    p.add_argument("--muon-lr", type=float, default=s,
+                   help="Muon's learning rate (updates scaled to AdamW's RMS, so comparable to --lr) [--lr]")
     p.add_argument("--weight-decay", type=float, default=s, help="AdamW weight decay on matrices [0.1]")
     p.add_argument("--grad-clip", type=_optional_float, default=s, help="max gradient norm, 'none' disables [1.0]")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=s,
@@ -472,15 +482,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from gptrain.checkpoint import load_checkpoint
     from gptrain.generate import check_sampling_args, stream_tokens, stream_text
-    from gptrain.model import store_weights_transposed
     from gptrain.runtime import resolve_device
     from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
-    if device.type == "cpu":
-        store_weights_transposed(model)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     if idx.shape[1] == 0:
@@ -555,7 +562,6 @@ def run_lab_loss(args: argparse.Namespace) -> int:
 def run_lab_sweep(args: argparse.Namespace) -> int:
     from gptrain.checkpoint import load_checkpoint
     from gptrain.lab import parse_grid, sweep, sweep_table
-    from gptrain.model import store_weights_transposed
     from gptrain.tokenizer import get_tokenizer
     from gptrain.runtime import resolve_device
 
@@ -569,8 +575,6 @@ def run_lab_sweep(args: argparse.Namespace) -> int:
         model = load_gpt2(args.pretrained, device=device)
     else:
         model = load_checkpoint(args.checkpoint, device=device)
-    if device.type == "cpu":
-        store_weights_transposed(model)
     cells = sweep(model, get_tokenizer(), args.prompt, grid, args.max_new_tokens, args.seed)
     print(sweep_table(cells, args.prompt))
     return 0
@@ -712,7 +716,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gptrain.evaluate import load_eval_model
-    from gptrain.model import store_weights_transposed
     from gptrain.runtime import resolve_device
     from gptrain.serve import ServeConfig, serve
 
@@ -723,10 +726,10 @@ def run_serve(args: argparse.Namespace) -> int:
                       max_tokens=args.max_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
     device = resolve_device(args.device)
-    model = load_eval_model(args.checkpoint, args.pretrained, device)
-    if device.type == "cpu":
-        store_weights_transposed(model)
-    serve(model, cfg)
+    serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)
+    return 0
+
+
 def run_estimate(args: argparse.Namespace) -> int:
     import json
 

@@ -112,6 +112,8 @@ def as_model_config(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTConfig:
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("jsonl", "csv", "tensorboard")
+OPTIMIZERS = ("adamw", "muon")  # see gptrain.optim
+SCHEDULES = ("constant", "cosine", "wsd")
 DEFAULT_EPOCHS = 10  # the lecture's budget, used when no --epochs, --max-steps or --max-tokens is given
 
 
@@ -135,11 +137,17 @@ class TrainConfig:
     lr: float = 4e-4
     min_lr: float = 0.0
     warmup_steps: int = 0
-    cosine: bool = False
+    cosine: bool = False  # the same as schedule="cosine"
     # Steps over which the cosine decays; by default the whole budget. Set it explicitly to
     # stop a run early and resume it later on the same schedule.
     lr_decay_steps: int | None = None
     weight_decay: float = 0.1
+    # adamw, or muon: Muon for the blocks' matrices at muon_lr (default: lr), AdamW for the rest (see gptrain.optim).
+    optimizer: str = "adamw"
+    muon_lr: float | None = None
+    # constant, cosine or wsd (warmup-stable-decay: a linear decay over the last decay_fraction of the steps).
+    schedule: str = "constant"
+    decay_fraction: float = 0.2
     grad_clip: float | None = 1.0
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 instructions, fp32 elsewhere.
     precision: str = "auto"
@@ -208,6 +216,7 @@ class TrainConfig:
             raise GptrainError(f"--dropout must be in [0, 1), not {self.dropout!r}")
         if self.global_batch_tokens is not None and self.grad_accum != 1:
             raise GptrainError("give --grad-accum or --global-batch-tokens, not both")
+        self._check_optimizer_and_schedule()
         self.logger = tuple(self.logger)  # a TOML or JSON list arrives as a list
         unknown_loggers = sorted(set(self.logger) - set(LOGGERS))
         if unknown_loggers:
@@ -224,6 +233,9 @@ class TrainConfig:
         if self.fsdp and self.compile:
             # Compiled FSDP2 swaps parameters that the distributed checkpoint of the optimizer then misses.
             raise GptrainError("--fsdp cannot be combined with --compile yet: drop --compile")
+        if self.fsdp and self.optimizer == "muon":
+            # Muon orthogonalises whole matrices; FSDP2 gives each process a slice of each one.
+            raise GptrainError("--fsdp cannot be combined with --optimizer muon yet: use --optimizer adamw")
 
     def check_eval_tasks(self) -> None:
         from gptrain.tasks import parse_task_spec
@@ -255,6 +267,22 @@ class TrainConfig:
             self.lora_alpha = 2.0 * self.lora_rank  # saved resolved, like precision
         if self.price_per_hour is not None and not (self.price_per_hour >= 0 and math.isfinite(self.price_per_hour)):
             raise GptrainError(f"--price-per-hour must be a non-negative number, not {self.price_per_hour!r}")
+
+    def _check_optimizer_and_schedule(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise GptrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.muon_lr is not None and not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise GptrainError(f"--muon-lr must be a positive number, not {self.muon_lr!r}")
+        if self.muon_lr is not None and self.optimizer != "muon":
+            raise GptrainError("--muon-lr is the learning rate of --optimizer muon: add --optimizer muon or drop it")
+        if self.schedule not in SCHEDULES:
+            raise GptrainError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.cosine and self.schedule not in ("constant", "cosine"):
+            raise GptrainError(f"--cosine means --schedule cosine, which contradicts --schedule {self.schedule}: drop one")
+        if self.cosine:
+            self.schedule = "cosine"
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise GptrainError(f"--decay-fraction must be in (0, 1], not {self.decay_fraction!r}")
 
     def model_config(self) -> GPTConfig:
         """The preset with this run's overrides applied."""

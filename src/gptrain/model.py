@@ -78,15 +78,29 @@ class KVCache:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, initialisation and state dict) that uses every CPU core for a few rows.
+    """``nn.Linear`` (same parameters, initialisation and state dict) that is fast for a few rows on a CPU.
 
     A generation step multiplies one row per sequence by each weight matrix, and MKL runs such
     a product on one core. Cut into one slice of the inner dimension per thread, it becomes a
     batched product that PyTorch spreads over the threads, plus a sum of the partial results:
     1.6x faster per token on 2 cores. Only in inference (no autograd), so training is untouched.
+
+    The first such product in eval mode also moves a float32 weight into the transposed layout
+    of :func:`store_weights_transposed` (by itself, so a plain ``generate`` call is as fast as
+    the CLI), and ``train()`` moves it back. Evaluating batches of windows never switches, so a
+    training loop that evaluates every few steps copies no weights.
     """
 
+    def train(self, mode: bool = True) -> "Linear":
+        super().train(mode)
+        if mode and not self.weight.is_contiguous():
+            with torch.no_grad():
+                self.weight.data = self.weight.data.contiguous()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _prefers_transposed_weight(self, x):
+            transpose_weight(self)
         parts = _inner_slices(x, self.in_features)
         if parts == 1:
             return super().forward(x)
@@ -95,6 +109,21 @@ class Linear(nn.Linear):
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+
+def _prefers_transposed_weight(layer: nn.Linear, x: torch.Tensor) -> bool:
+    """A few float32 rows on a CPU, without autograd, in eval mode, with the weight still in the default layout."""
+    return (not layer.training and x.device.type == "cpu" and type(layer.weight.data) is torch.Tensor  # not sharded
+            and layer.weight.dtype == torch.float32
+            and x.numel() <= 16 * layer.in_features and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and layer.weight.is_contiguous())
+
+
+def transpose_weight(layer: nn.Linear) -> None:
+    """Store ``layer``'s weight (in, out)-contiguous: same values, shape and name (see store_weights_transposed)."""
+    # Outside inference mode: an inference tensor could not become a parameter that trains later.
+    with torch.inference_mode(False), torch.no_grad():
+        layer.weight.data = layer.weight.data.t().contiguous().t()
 
 
 def _inner_slices(x: torch.Tensor, in_features: int) -> int:
@@ -276,14 +305,13 @@ def store_weights_transposed(model: nn.Module) -> nn.Module:
     Values, shapes, names and state dict stay the same; only the storage order changes, to the
     one GPT-2's ``Conv1D`` uses. A generation step multiplies one vector by every matrix, and
     MKL does that 1.2-1.6x faster on CPUs in this order (bfloat16 goes through oneDNN, which
-    prefers the default order, so it is left alone). Meant for models loaded to generate on a
-    CPU: training works either way, but keep the default order for it.
+    prefers the default order, so it is left alone). gptrain's layers switch by themselves at
+    their first generation step in eval mode and back in ``train()`` (see :class:`Linear`); this
+    does it at once, for any model, e.g. to time generation without the one-off copy.
     """
-    with torch.no_grad():
-        for module in unwrap_model(model).modules():
-            weight = module.weight if isinstance(module, nn.Linear) else None
-            if weight is not None and weight.dtype == torch.float32 and weight.is_contiguous():
-                weight.data = weight.data.t().contiguous().t()
+    for module in unwrap_model(model).modules():
+        if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_contiguous():
+            transpose_weight(module)
     return model
 
 
