@@ -450,10 +450,11 @@ def test_gptrain_serve_prints_its_url_and_stops_cleanly_on_sigterm(checkpoint, s
         process.send_signal(signal.SIGTERM)
         if finished:  # in flight: given the time, the request completes
             assert [chunk.choices[0].finish_reason for chunk in stream][-1] == "length"
-        else:  # no time: it is cut off, and nothing hangs
-            with pytest.raises(openai.APIConnectionError):
+            assert process.wait(timeout=60) == 0
+        else:  # no time: the server exits while a client still holds an open stream, and nothing hangs
+            assert process.wait(timeout=60) == 0
+            with contextlib.suppress(openai.APIConnectionError):  # a tiny model may have sent it all already
                 list(stream)
-        assert process.wait(timeout=60) == 0
         assert process.stdout.read().strip().endswith("Server stopped")
     finally:
         process.kill()
