@@ -101,8 +101,9 @@ def memory_benchmark(device: str, precisions: list[str], with_124m: bool, retain
 
 def time_benchmark(steps: int, rounds: int) -> None:
     verdict = str(find_verdict())
-    plan = ["--preset", "tiny", "--context-length", "32", "--batch-size", "4", "--eval-freq", "50", "--eval-iter", "2"]
-    estimate_cmd = [*GPTRAIN, "estimate", *plan, "--gpu", "cpu", "--measure", "--tokens", str(steps * 4 * 32), "--json"]
+    # Steps large enough that the training loop, not start-up, is most of the run, as in any run worth estimating.
+    plan = ["--preset", "tiny", "--context-length", "128", "--batch-size", "8", "--eval-freq", "50", "--eval-iter", "2"]
+    estimate_cmd = [*GPTRAIN, "estimate", *plan, "--gpu", "cpu", "--measure", "--tokens", str(steps * 8 * 128), "--json"]
     with tempfile.TemporaryDirectory() as tmp:
         train_cmd = [*GPTRAIN, "train", *plan, "--data", verdict, "--max-steps", str(steps), "--sample-tokens", "0",
                      "--out", str(Path(tmp) / "run"), "--device", "cpu", "--overwrite"]

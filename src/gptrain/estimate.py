@@ -344,6 +344,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
         optimizer.zero_grad(set_to_none=True)
         for _ in range(grad_accum):
             forward_backward(model, inputs, targets, autocast, 1.0 / grad_accum)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # gptrain train clips by default
         optimizer.step()
         torch.cuda.synchronize(device) if device.type == "cuda" else None
 
