@@ -116,8 +116,8 @@ def run_configuration(size: str, mode: str, ac: bool, args) -> list[dict] | str:
 
     need = needed_gb(size, mode, args)
     free = psutil.virtual_memory().available / GiB
-    if args.device == "cpu" and need + SPARE_GB > free:
-        return f"not run: needs ~{need:.1f} GB, {free:.1f} GB free (keeping {SPARE_GB:.0f} GB spare)"
+    if args.device == "cpu" and need + args.spare_gb > free:
+        return f"not run: needs ~{need:.1f} GB, {free:.1f} GB free (keeping {args.spare_gb:g} GB spare)"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "rows.jsonl"
         worker_args = [str(HERE), "--worker", "--size", size, "--mode", mode, "--device", args.device,
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--spare-gb", type=float, default=SPARE_GB,
+                        help="memory to leave free: a configuration that would not leave it is skipped")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per process)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)

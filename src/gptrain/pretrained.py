@@ -467,13 +467,7 @@ def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu"
     The head count is not stored in weights files without a config: GPT-2's widths imply it,
     for other widths give ``n_heads``.
     """
-    path = Path(source).expanduser()
-    if not path.exists():
-        size = gpt2_size(str(source))
-        if size is None:
-            raise GptrainError(f"{source} does not exist and is not a GPT-2 size: give a file, a folder, or one of "
-                               f"{', '.join([*GPT2_REPOS, *PRESET_ALIASES])}")
-        path = download_gpt2(size)
+    path = _source_path(source)
     checkpoint = _gptrain_checkpoint(path)
     if checkpoint is not None:
         return load_checkpoint(checkpoint, device=device)
@@ -492,8 +486,8 @@ def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu"
     return model.eval()
 
 
-def source_weights_file(source: str | Path) -> Path:
-    """The file :func:`load_gpt2` reads ``source``'s weights from (a size means its cached file)."""
+def _source_path(source: str | Path) -> Path:
+    """The file or folder ``source`` names; a GPT-2 size means its cached download."""
     path = Path(source).expanduser()
     if not path.exists():
         size = gpt2_size(str(source))
@@ -501,6 +495,12 @@ def source_weights_file(source: str | Path) -> Path:
             raise GptrainError(f"{source} does not exist and is not a GPT-2 size: give a file, a folder, or one of "
                                f"{', '.join([*GPT2_REPOS, *PRESET_ALIASES])}")
         path = download_gpt2(size)
+    return path
+
+
+def source_weights_file(source: str | Path) -> Path:
+    """The file :func:`load_gpt2` reads ``source``'s weights from (a size means its cached file)."""
+    path = _source_path(source)
     checkpoint = _gptrain_checkpoint(path)
     if checkpoint is not None:
         return resolve_checkpoint(checkpoint) / WEIGHTS_FILE
