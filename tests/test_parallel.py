@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptrain import GPTModel, TrainConfig, load_checkpoint, train
+from gptrain import GPTConfig, GPTModel, TrainConfig, load_checkpoint, save_checkpoint, train
 from gptrain.checkpoint import complete_checkpoints
 from gptrain.parallel import checkpoint_activations
 
@@ -130,6 +130,10 @@ def test_fsdp_needs_torchrun(verdict_path, tmp_path):
         train(cfg, echo=lambda line: None)
     with pytest.raises(ValueError, match="--fsdp cannot be combined with --compile yet"):
         TrainConfig(fsdp=True, compile=True)
+    with pytest.raises(ValueError, match="--fsdp cannot be combined with --lora-rank"):
+        TrainConfig(fsdp=True, init="124M", lora_rank=4)
+    with pytest.raises(ValueError, match="--fsdp cannot be combined with --optimizer muon"):
+        TrainConfig(fsdp=True, optimizer="muon")
 
 
 def loss_and_grads(model, inputs, targets, seed):
@@ -181,3 +185,16 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path):
         torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0, msg=name)
     assert [r["loss"] for r in records(single, "train")] == pytest.approx(
         [r["loss"] for r in records(root / "straight", "train")], abs=1e-5)
+
+
+def test_fsdp_starts_from_init_weights_with_the_initial_evaluation_on_every_process(tmp_path, story_page):
+    torch.manual_seed(0)
+    source = tmp_path / "source"
+    save_checkpoint(GPTModel(GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)), source)
+    result = torchrun("train", "--data", str(story_page), "--out", str(tmp_path / "run"), "--init", str(source),
+                      "--fsdp", "--max-steps", "2", "--eval-freq", "2", "--eval-iter", "1", "--batch-size", "2",
+                      "--sample-tokens", "0", "--device", "cpu", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    initial = [r for r in records(tmp_path / "run", "eval") if r.get("initial")]
+    assert len(initial) == 1 and initial[0]["step"] == 0
+    assert load_checkpoint(tmp_path / "run").cfg.emb_dim == 32

@@ -233,6 +233,9 @@ class TrainConfig:
         if self.fsdp and self.compile:
             # Compiled FSDP2 swaps parameters that the distributed checkpoint of the optimizer then misses.
             raise GptrainError("--fsdp cannot be combined with --compile yet: drop --compile")
+        if self.fsdp and self.lora_rank is not None:
+            # LoRA already trains a sliver of the parameters; its adapters are not sharded.
+            raise GptrainError("--fsdp cannot be combined with --lora-rank: LoRA needs no sharding, drop --fsdp")
         if self.fsdp and self.optimizer == "muon":
             # Muon orthogonalises whole matrices; FSDP2 gives each process a slice of each one.
             raise GptrainError("--fsdp cannot be combined with --optimizer muon yet: use --optimizer adamw")

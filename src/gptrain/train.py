@@ -659,7 +659,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
     if cfg.init is not None:
         run.echo(describe_start(cfg, run.raw_model))
-        if main and state["step"] == 0:
+        if (main or cfg.fsdp) and state["step"] == 0:  # a sharded model's forward pass needs every process
             log_evaluation(run, state, 0, started, initial=True)
 
     stopped_by, early_stopped = None, False
