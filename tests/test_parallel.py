@@ -128,8 +128,6 @@ def test_fsdp_needs_torchrun(verdict_path, tmp_path):
                       max_steps=1, device="cpu", fsdp=True)
     with pytest.raises(ValueError, match="--fsdp shards the model across processes but this is a single process"):
         train(cfg, echo=lambda line: None)
-    with pytest.raises(ValueError, match="--fsdp cannot be combined with --compile yet"):
-        TrainConfig(fsdp=True, compile=True)
     with pytest.raises(ValueError, match="--fsdp cannot be combined with --lora-rank"):
         TrainConfig(fsdp=True, init="124M", lora_rank=4)
     with pytest.raises(ValueError, match="--fsdp cannot be combined with --optimizer muon"):
@@ -198,3 +196,15 @@ def test_fsdp_starts_from_init_weights_with_the_initial_evaluation_on_every_proc
     initial = [r for r in records(tmp_path / "run", "eval") if r.get("initial")]
     assert len(initial) == 1 and initial[0]["step"] == 0
     assert load_checkpoint(tmp_path / "run").cfg.emb_dim == 32
+
+
+def test_compiled_fsdp_equals_the_uncompiled_run(fsdp_run, verdict_path):
+    root, _, _ = fsdp_run
+    compiled = torchrun(*flags(verdict_path, root / "compiled", "--batch-size", "2", "--grad-accum", "2", "--fsdp",
+                               "--activation-checkpointing", "--compile"))
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    for event in ("train", "eval"):
+        key = "loss" if event == "train" else "val_loss"
+        assert [r[key] for r in records(root / "compiled", event)] == pytest.approx(
+            [r[key] for r in records(root / "straight", event)], abs=1e-5)
+    assert complete_checkpoints(root / "compiled")  # the optimizer's shards were saved under compile too

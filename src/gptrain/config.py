@@ -230,9 +230,6 @@ class TrainConfig:
         for name in ("fsdp", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise GptrainError(f"{_flag(name)} must be true or false, not {getattr(self, name)!r}")
-        if self.fsdp and self.compile:
-            # Compiled FSDP2 swaps parameters that the distributed checkpoint of the optimizer then misses.
-            raise GptrainError("--fsdp cannot be combined with --compile yet: drop --compile")
         if self.fsdp and self.lora_rank is not None:
             # LoRA already trains a sliver of the parameters; its adapters are not sharded.
             raise GptrainError("--fsdp cannot be combined with --lora-rank: LoRA needs no sharding, drop --fsdp")
