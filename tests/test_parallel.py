@@ -201,10 +201,11 @@ def test_fsdp_starts_from_init_weights_with_the_initial_evaluation_on_every_proc
 def test_compiled_fsdp_equals_the_uncompiled_run(fsdp_run, verdict_path):
     root, _, _ = fsdp_run
     compiled = torchrun(*flags(verdict_path, root / "compiled", "--batch-size", "2", "--grad-accum", "2", "--fsdp",
-                               "--activation-checkpointing", "--compile"))
+                               "--activation-checkpointing", "--compile", "--logger", "jsonl", "csv"))
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     for event in ("train", "eval"):
         key = "loss" if event == "train" else "val_loss"
         assert [r[key] for r in records(root / "compiled", event)] == pytest.approx(
             [r[key] for r in records(root / "straight", event)], abs=1e-5)
     assert complete_checkpoints(root / "compiled")  # the optimizer's shards were saved under compile too
+    assert len((root / "compiled" / "metrics.csv").read_text().splitlines()) > STEPS  # rank 0's other logger
