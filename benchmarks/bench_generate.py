@@ -5,7 +5,9 @@ embeddings and q/k/v biases, which makes it GPT-2 exactly, and its weights are c
 the book's GPTModel and HF's GPT2LMHeadModel), a 4-token prompt, 200 new greedy tokens, on
 CPU. Timed runs alternate (each round runs every implementation once, in turn), so drifts in
 machine load hit all of them alike; the figure is the median over rounds. Before timing, the
-greedy tokens of all implementations are compared.
+greedy tokens of all implementations are compared. With fp32 batch 1 it also times one vector
+times every weight matrix and nothing else: at batch 1 each step reads all the weights once, so
+this is the bandwidth ceiling that no implementation of one-token-per-step decoding can pass.
 
     python benchmarks/bench_generate.py                 # fp32 batch 1 (with the book), then bf16 and batch 8
     python benchmarks/bench_generate.py --threads 1 --rounds 5
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import book_model_from, hf_model_from, machine_description  # noqa: E402
 
-from gptrain import GPTModel, get_preset  # noqa: E402
+from gptrain import GPTModel, get_preset, store_weights_transposed  # noqa: E402
 from gptrain.generate import generate  # noqa: E402
 
 SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
@@ -61,6 +63,28 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
     differs = (a[:, :width] != b[:, :width]).any(dim=0).nonzero()
     where = differs[0].item() if len(differs) else width
     return f"differ from position {where}"
+
+
+def weight_streaming_ceiling(model, rounds: int) -> tuple:
+    """The fastest a batch-1 float32 decoding step could be: one vector times every weight matrix
+    of the model, in the layout generation uses, and nothing else (no attention, norms or Python).
+    At batch 1 a step reads every weight once, so memory bandwidth sets this bound."""
+    matrices = [m.weight.detach() for m in store_weights_transposed(copy.deepcopy(model)).modules()
+                if isinstance(m, torch.nn.Linear)]
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1]) for w in matrices}
+
+    def one_token():
+        for w in matrices:
+            torch.nn.functional.linear(vectors[w.shape[1]], w)
+
+    one_token()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(20):
+            one_token()
+        times.append((time.perf_counter() - started) / 20)
+    return ("fp32-b1", "weights alone (bandwidth ceiling)", 1 / statistics.median(times), None)
 
 
 def main() -> None:
@@ -114,9 +138,12 @@ def main() -> None:
             rows.append((setting, name, speed, speeds["gptrain generate"] / speed))
         del ours, hf, book
 
+    if "fp32-b1" in args.settings:
+        rows.append(weight_streaming_ceiling(base, args.rounds))
+
     print("\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
     for setting, name, speed, ratio in rows:
-        shown = "" if name == "gptrain generate" else f"{ratio:.2f}x"
+        shown = "" if name == "gptrain generate" or ratio is None else f"{ratio:.2f}x"
         print(f"| {setting} | {name} | {speed:.1f} | {shown} |")
 
 

@@ -9,24 +9,29 @@ context 128, the GPT-2 vocabulary) trains from the same initial weights under ea
   dropout 0.1, no clipping.
 - ``gptrain-default``: ``gptrain train``'s defaults: the same, plus gradient clipping at 1.0 and
   bf16 autocast where the CPU has native bf16.
-- ``fast``: Muon + WSD at higher rates (``--optimizer muon --muon-lr 5e-3 --lr 2e-3
-  --schedule wsd --decay-fraction 0.3 --warmup-steps 5 --dropout 0 --precision fp32``, batch 2):
-  at this width bf16 autocast's casts cost more than its products save.
+- ``fast``: Muon + WSD at higher rates and a larger batch (``--optimizer muon --muon-lr 3e-2
+  --lr 6e-3 --schedule wsd --decay-fraction 0.4 --warmup-steps 5 --batch-size 16 --dropout 0
+  --precision fp32``): at this width bf16 autocast's casts cost more than its products save.
+- ``fast, half the tokens``: the same recipe given half the budget, so that its decay ends
+  at half the book's tokens: does it reach the book's final loss by then?
 
-Every recipe gets the same token budget. The recipes run interleaved, one optimizer step each
+Every recipe but the last gets the same token budget. The recipes run interleaved, one optimizer step each
 in turn, so a change in the load of a shared machine hits all of them alike; each recipe's clock
 counts only its own steps (evaluations excluded). The validation loss (fixed held-out windows)
 is taken at regular token counts. It prints a table and writes the curves against tokens and
 against time.
 
     python benchmarks/bench_quality.py --plot benchmarks/results/quality.png
+    python benchmarks/bench_quality.py --recipes-json benchmarks/results/quality_sweep_2.json   # a sweep
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import os
 import sys
 import sysconfig
 import time
@@ -48,12 +53,15 @@ from gptrain.train import epoch_order  # noqa: E402
 MODEL = dict(preset="tiny", context_length=128)
 MODEL_SHAPE = dict(emb_dim=128, n_heads=4, n_layers=4)
 
+FAST = dict(optimizer="muon", muon_lr=3e-2, lr=6e-3, schedule="wsd", decay_fraction=0.4, warmup_steps=5,
+            batch_size=16, dropout=0.0, precision="fp32")
 RECIPES = {
     "book": dict(lr=4e-4, batch_size=2, grad_clip=None, precision="fp32", dropout=0.1),
     "gptrain-default": dict(lr=4e-4, batch_size=2, dropout=0.1),
-    "fast": dict(optimizer="muon", muon_lr=5e-3, lr=2e-3, schedule="wsd", decay_fraction=0.3, warmup_steps=5,
-                 batch_size=2, dropout=0.0, precision="fp32"),
+    "fast": FAST,
+    "fast, half the tokens": FAST,
 }
+BUDGET_SHARE = {"fast, half the tokens": 0.5}  # of --tokens; the others get all of it
 
 
 def stdlib_files() -> list[Path]:
@@ -176,29 +184,39 @@ def plot(trainees, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=16_000, help="training tokens per recipe")
-    parser.add_argument("--eval-every", type=int, default=2_000, help="tokens between validation losses")
-    parser.add_argument("--val-windows", type=int, default=16, help="held-out windows of 128 tokens evaluated")
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--tokens", type=int, default=200_000, help="training tokens per recipe")
+    parser.add_argument("--eval-every", type=int, default=10_000, help="tokens between validation losses")
+    parser.add_argument("--val-windows", type=int, default=64, help="held-out windows of 128 tokens evaluated")
+    parser.add_argument("--recipes", nargs="+", default=None, help=f"which to run, of {', '.join(RECIPES)}")
+    parser.add_argument("--recipes-json", type=Path, default=None,
+                        help="run these recipes instead: a JSON object {name: {TrainConfig field: value}} (a sweep)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recipes_json:
+        RECIPES.clear()
+        RECIPES.update(json.loads(args.recipes_json.read_text()))
+    args.recipes = args.recipes or list(RECIPES)
+    unknown = set(args.recipes) - set(RECIPES)
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}: choose from {', '.join(RECIPES)}")
 
     context = MODEL["context_length"]
     train_ids, val_ids, files = corpus_tokens(max(args.tokens, 2_000_000))
     train, val = TokenWindows(train_ids, context, context), TokenWindows(val_ids, context, context)
     print(f"{machine_description(torch.device('cpu'))}, {torch.get_num_threads()} torch threads; "
-          "the machine was shared with other jobs")
+          f"load average at the start {os.getloadavg()[0]:.2f}")
     print(f"Corpus: the first {files} .py files of Python {sys.version.split()[0]}'s standard library "
           f"(every tenth held out): {len(train_ids):,} train / {len(val_ids):,} validation tokens; "
           f"{args.val_windows} validation windows of {context}")
     torch.manual_seed(123)
     initial = GPTModel(TrainConfig(**MODEL).model_config().replace(**MODEL_SHAPE)).state_dict()
-    trainees = [make_trainee(name, RECIPES[name], initial, args.tokens, context) for name in args.recipes]
+    trainees = [make_trainee(name, RECIPES[name], initial, round(args.tokens * BUDGET_SHARE.get(name, 1.0)), context)
+                for name in args.recipes]
     print(f"Model: {sum(p.numel() for p in trainees[0].model.parameters()):,} parameters; "
-          f"{args.tokens:,} tokens per recipe, one step of each in turn")
+          f"{args.tokens:,} tokens per recipe (but where said), one step of each in turn")
     for t in trainees:
         t.curve.append((0, 0.0, val_loss(t, val, args.val_windows)))
     next_eval = {t.name: args.eval_every for t in trainees}
@@ -225,7 +243,9 @@ def main() -> None:
         print(f"| {t.name} | {t.curve[-1][2]:.3f} | {t.seconds:.0f} s | {t.tokens / t.seconds:,.0f} | {reached_text} | "
               f"{'' if at_book_time is None else f'{at_book_time:.3f}'} |")
     for t in trainees:
-        print(f"{t.name}: " + " ".join(f"{k}={v}" for k, v in RECIPES[t.name].items()))
+        print(f"{t.name}: " + " ".join(f"{k}={v}" for k, v in RECIPES[t.name].items())
+              + f" tokens={t.total_steps * t.cfg.batch_size * context:,}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.plot:
         plot(trainees, args.plot)
         print(f"curves: {args.plot}")

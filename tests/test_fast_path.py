@@ -1,4 +1,4 @@
-"""The inference layout by default: a plain model switches its float32 weights for generation and back for training."""
+"""The inference layout by default: generation on a model in eval mode switches its float32 weights, training switches back."""
 
 import copy
 
@@ -57,8 +57,16 @@ def test_generate_switches_an_eval_model_by_itself_and_train_switches_back(model
 
 
 def test_generate_on_a_model_in_train_mode_leaves_it_training_in_the_default_layout(model):
-    generate(model, torch.tensor([[5, 6]]), 5, 32)
+    generate(model, torch.tensor([[5, 6]]), 5, 32)  # a sample in the middle of training copies no weights
     assert model.training and all(w.is_contiguous() for w in linear_weights(model))
+
+
+def test_the_layout_stays_across_generate_calls_until_training(model):
+    model.eval()
+    generate(model, torch.tensor([[5, 6]]), 3, 32)
+    weights = [w.data_ptr() for w in linear_weights(model)]
+    generate(model, torch.tensor([[7]]), 3, 32)
+    assert [w.data_ptr() for w in linear_weights(model)] == weights  # switched once, not per call
 
 
 def test_evaluating_batches_or_with_autograd_or_in_bf16_keeps_the_layout(model):

@@ -30,7 +30,7 @@ from torch import nn
 from gptrain.config import GPTConfig, as_model_config
 from gptrain.errors import GptrainError
 from gptrain.generate import check_sampling_args, select_next_token
-from gptrain.model import unwrap_model
+from gptrain.model import unwrap_model, use_inference_layout
 from gptrain.tokenizer import END_OF_TEXT_ID
 
 
@@ -172,6 +172,7 @@ class BatchingEngine:
         if max_batch < 1 or max_queue < 0:
             raise GptrainError(f"max_batch must be at least 1 and max_queue at least 0, not {max_batch} and {max_queue}")
         self.model = unwrap_model(model).eval()
+        use_inference_layout(self.model)
         self.device = next(self.model.parameters()).device
         self.context_length = self.model.cfg.context_length
         self.cache = SlotKVCache(self.model.cfg, max_batch, self.context_length)

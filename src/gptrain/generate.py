@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gptrain.errors import GptrainError
-from gptrain.model import KVCache, unwrap_model
+from gptrain.model import KVCache, unwrap_model, use_inference_layout
 from gptrain.tokenizer import text_to_token_ids, token_ids_to_text
 
 
@@ -100,6 +100,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, conte
     # input shape at every step.
     cache = KVCache(plain.cfg, batch, window) if use_cache else None
     was_training = model.training
+    use_inference_layout(plain)  # only a model already in eval mode: see there
     model.eval()
     try:
         for _ in range(max_new_tokens):

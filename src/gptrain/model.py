@@ -85,10 +85,11 @@ class Linear(nn.Linear):
     batched product that PyTorch spreads over the threads, plus a sum of the partial results:
     1.6x faster per token on 2 cores. Only in inference (no autograd), so training is untouched.
 
-    The first such product in eval mode also moves a float32 weight into the transposed layout
-    of :func:`store_weights_transposed` (by itself, so a plain ``generate`` call is as fast as
-    the CLI), and ``train()`` moves it back. Evaluating batches of windows never switches, so a
-    training loop that evaluates every few steps copies no weights.
+    Generation stores float32 weights in the transposed layout of :func:`store_weights_transposed`
+    when it starts on a model in eval mode (see :func:`use_inference_layout`), so a plain
+    ``generate`` call is as fast as the CLI; ``train()`` moves them back. A sample taken in the
+    middle of training, and evaluating batches of windows, never switch: a training loop copies
+    no weights.
     """
 
     def train(self, mode: bool = True) -> "Linear":
@@ -99,8 +100,6 @@ class Linear(nn.Linear):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _prefers_transposed_weight(self, x):
-            transpose_weight(self)
         parts = _inner_slices(x, self.in_features)
         if parts == 1:
             return super().forward(x)
@@ -109,14 +108,6 @@ class Linear(nn.Linear):
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
-
-
-def _prefers_transposed_weight(layer: nn.Linear, x: torch.Tensor) -> bool:
-    """A few float32 rows on a CPU, without autograd, in eval mode, with the weight still in the default layout."""
-    return (not layer.training and x.device.type == "cpu" and type(layer.weight.data) is torch.Tensor  # not sharded
-            and layer.weight.dtype == torch.float32
-            and x.numel() <= 16 * layer.in_features and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and layer.weight.is_contiguous())
 
 
 def transpose_weight(layer: nn.Linear) -> None:
@@ -304,15 +295,31 @@ def store_weights_transposed(model: nn.Module) -> nn.Module:
 
     Values, shapes, names and state dict stay the same; only the storage order changes, to the
     one GPT-2's ``Conv1D`` uses. A generation step multiplies one vector by every matrix, and
-    MKL does that 1.2-1.6x faster on CPUs in this order (bfloat16 goes through oneDNN, which
-    prefers the default order, so it is left alone). gptrain's layers switch by themselves at
-    their first generation step in eval mode and back in ``train()`` (see :class:`Linear`); this
-    does it at once, for any model, e.g. to time generation without the one-off copy.
+    MKL does that 1.1-1.6x faster on CPUs in this order (bfloat16 goes through oneDNN, which
+    prefers the default order, so it is left alone). Generation calls
+    :func:`use_inference_layout` by itself; this does it for any model on any device.
     """
     for module in unwrap_model(model).modules():
         if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_contiguous():
             transpose_weight(module)
     return model
+
+
+def use_inference_layout(model: nn.Module) -> None:
+    """Transpose the float32 CPU weights of a model that is about to generate in eval mode.
+
+    The copy costs about as much as a dozen decoding steps of the same model, so a model in
+    training mode (a sample in the middle of training, which the next step would move back)
+    keeps its layout, and so do sharded weights, which are not plain tensors.
+    """
+    plain = unwrap_model(model)
+    if plain.training or torch.is_autocast_enabled("cpu"):  # under autocast the products run in bf16
+        return
+    for module in plain.modules():
+        weight = module.weight.data if isinstance(module, nn.Linear) else None
+        if (weight is not None and type(weight) is torch.Tensor and weight.device.type == "cpu"
+                and weight.dtype == torch.float32 and weight.is_contiguous()):
+            transpose_weight(module)
 
 
 def count_parameters(model: nn.Module, include_out_head: bool = True) -> int:

@@ -19,11 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from gptrain.checkpoint import OPTIMIZER_DIR, WEIGHTS_FILE, load_state_into, read_weights
@@ -31,6 +27,9 @@ from gptrain.errors import GptrainError
 from gptrain.model import GPTModel
 
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# FSDP, DTensor and the distributed checkpoint are imported where they are used: importing them
+# takes 1.2 s on a 2-core CPU, which every gptrain command would pay without using them.
 
 
 # --- Activation checkpointing ---
@@ -64,6 +63,8 @@ def shard_model(model: GPTModel, precision: str) -> GPTModel:
     bf16 or fp16 the gathered weights are cast for compute while the shards, and the gradient
     reduction, stay in fp32.
     """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     # The output head's padded rows (--pad-vocab) are cut off by a read-only slice, the view FSDP warns about.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     dtype = COMPUTE_DTYPES.get(precision)
@@ -93,7 +94,7 @@ def accumulate_without_sync(model: nn.Module):
 
 def local_value(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (such as the gradient norm of sharded gradients); a tensor itself."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 # --- Checkpoints ---
@@ -126,6 +127,8 @@ def gather_weights(model: GPTModel, is_main: bool) -> GPTModel | None:
 def load_weights(model: GPTModel, path: Path) -> None:
     """Copy a checkpoint's ``model.safetensors`` into a sharded model in place: each process reads
     the file and keeps its own shard of each tensor, so the optimizer keeps its parameters."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     weights = read_weights(path / WEIGHTS_FILE, "cpu")
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -149,6 +152,9 @@ def staging_dir(path: Path) -> Path:
 def save_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path, is_main: bool) -> Path:
     """Write the optimizer with torch.distributed.checkpoint: each process writes its own shard of
     the AdamW states; none is gathered. Returns the folder, to be moved into the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     folder = staging_dir(path)
     if is_main:
         shutil.rmtree(folder, ignore_errors=True)
@@ -164,6 +170,9 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
     Works for any number of processes, with or without FSDP: the distributed checkpoint
     re-shards the states to the current layout.
     """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
     folder = path / OPTIMIZER_DIR
     if not (folder / ".metadata").is_file():
         raise GptrainError(f"{folder} is incomplete (no .metadata): resume from another checkpoint")

@@ -419,6 +419,11 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
     return mean_loss, float(local_value(grad_norm))  # under FSDP the norm is a DTensor
 
 
+# A forward pass keeps no activations for a backward pass, so evaluation runs more windows at once
+# than a training micro-batch: each pass reads every weight once (and under autocast casts it once).
+EVAL_CHUNK_TOKENS = 4096
+
+
 @torch.no_grad()
 def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
     """Mean loss over the first ``batches`` global batches of windows, in order.
@@ -427,12 +432,11 @@ def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
     processes; averaging per token equals the book's mean of batch means for full batches.
     """
     count = min(len(windows), batches * run.global_batch)
-    chunk = run.cfg.batch_size * run.procs.world_size
+    chunk = max(run.cfg.batch_size, EVAL_CHUNK_TOKENS // windows.max_length) * run.procs.world_size
     total = 0.0
     for start in range(0, count, chunk):
         inputs, targets = collate(windows, range(start, min(start + chunk, count)))
-        with run.autocast():
-            logits = run.raw_model(inputs.to(run.device))
+        logits = run.raw_model(inputs.to(run.device))
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.to(run.device).flatten(),
                                  reduction="sum").item()
     return total / (count * windows.max_length)
@@ -441,8 +445,9 @@ def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
 def evaluate(run: Run) -> tuple[float, float]:
     run.raw_model.eval()
     try:
-        return (windows_loss(run, run.train_windows, run.cfg.eval_iter),
-                windows_loss(run, run.val_windows, run.cfg.eval_iter))
+        with run.autocast():  # one context: autocast casts each weight once for all the passes
+            return (windows_loss(run, run.train_windows, run.cfg.eval_iter),
+                    windows_loss(run, run.val_windows, run.cfg.eval_iter))
     finally:
         run.raw_model.train()
 
