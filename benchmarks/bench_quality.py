@@ -169,11 +169,15 @@ def plot(trainees, path: Path) -> None:
     fig, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(10, 4))
     for t in trainees:
         tokens, seconds, losses = zip(*t.curve)
-        by_tokens.plot(tokens, losses, label=t.name)
-        by_time.plot(seconds, losses, label=t.name)
-    by_tokens.set_xlabel("training tokens")
+        by_tokens.plot([n / 1000 for n in tokens], losses, label=t.name, marker=".")
+        by_time.plot(seconds, losses, label=t.name, marker=".")
+    book = next((t for t in trainees if t.name == "book"), trainees[0])
+    lowest = min(loss for t in trainees for _, _, loss in t.curve)
+    by_tokens.set_xlabel("training tokens (thousands)")
     by_time.set_xlabel("own training time (s), recipes interleaved")
     for ax in (by_tokens, by_time):
+        ax.axhline(book.curve[-1][2], color="grey", linestyle=":", linewidth=1, label="the book's final loss")
+        ax.set_ylim(lowest - 0.1, lowest + 1.5)  # the first evaluations (from ~10.8) would flatten the rest
         ax.set_ylabel("validation loss")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ reader sees either the previous complete checkpoint or the new complete one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -20,7 +21,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import safetensors
@@ -94,6 +95,25 @@ def replace_dir(tmp: Path, path: Path) -> None:
     _fsync(path.parent)
 
 
+@contextlib.contextmanager
+def staged_dir(path: Path) -> Iterator[Path]:
+    """A fresh folder beside ``path`` to write a directory into. When the block ends, its files are
+    flushed to disk and it replaces ``path`` in one step (see replace_dir); if the block fails, it
+    is removed and ``path`` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            _fsync(file)
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unwrapped model's tensors, without the output head when it is tied to the embedding (and
     with LoRA adapters merged into their weights)."""
@@ -113,43 +133,35 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     """
     path = Path(path)
     model = unwrap_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        if has_lora(model):  # the small file that --resume continues from; the weights above are merged
-            save_adapter(model, tmp / ADAPTER_FILE)
-        state = dict(training_state or {})
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": model.cfg.to_dict(),
-            "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
-            "train": train_config,
-            "step": state.get("step"),
-            "tokens_seen": state.get("tokens_seen"),
-        }
-        write_json_atomic(tmp / CONFIG_FILE, config)
-        if optimizer is not None:
-            state["optimizer"] = optimizer.state_dict()
-        if state:
-            torch.save(state, tmp / STATE_FILE)
-        if optimizer_dir is not None:
-            os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
-        write_manifest(tmp)  # after every other file: it records what the folder holds
-        for file in tmp.iterdir():
-            _fsync(file)
-        replace_dir(tmp, path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with staged_dir(path) as tmp:
+            safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            if has_lora(model):  # the small file that --resume continues from; the weights above are merged
+                save_adapter(model, tmp / ADAPTER_FILE)
+            state = dict(training_state or {})
+            config = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "model": model.cfg.to_dict(),
+                "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
+                "train": train_config,
+                "step": state.get("step"),
+                "tokens_seen": state.get("tokens_seen"),
+            }
+            write_json_atomic(tmp / CONFIG_FILE, config)
+            if optimizer is not None:
+                state["optimizer"] = optimizer.state_dict()
+            if state:
+                torch.save(state, tmp / STATE_FILE)
+            if optimizer_dir is not None:
+                os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
+            write_manifest(tmp)  # after every other file: it records what the folder holds
+    except (OSError, safetensors.SafetensorError, RuntimeError) as exc:
         # A full disk or a refused write reaches us as OSError, or wrapped by safetensors or torch.save.
-        if isinstance(exc, (OSError, safetensors.SafetensorError)) or (
-                isinstance(exc, RuntimeError) and "writ" in str(exc).lower()):
-            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-            raise GptrainError(f"cannot write checkpoint {path}: {reason}; the previous one is kept") from None
-        raise
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise GptrainError(f"cannot write checkpoint {path}: {reason}; the previous one is kept") from None
     return path
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -291,20 +290,12 @@ def export_peft_adapter(model: nn.Module, out: str | Path, *, base_model: str | 
         # GPT-2's Conv1D stores its weight as (in, out): peft must transpose the update.
         "fan_in_fan_out": True, "bias": "none", "inference_mode": True,
     }
+    from gptrain.checkpoint import staged_dir  # checkpoint imports this module
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         safetensors.torch.save_file(tensors, tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
         (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        from gptrain.checkpoint import replace_dir
-
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gptrain.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_FILE, load_checkpoint, load_state_into, replace_dir
+from gptrain.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_FILE, load_checkpoint, load_state_into, staged_dir
 from gptrain.checkpoint import resolve_checkpoint
 from gptrain.checkpoint import weights_state_dict, write_json_atomic
 from gptrain.config import PRESET_ALIASES, GPTConfig
@@ -573,27 +572,16 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise GptrainError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
     tensors = {name: tensor.cpu() for name, tensor in hf_state_dict(model).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        safetensors.torch.save_file(tensors, tmp / HF_SAFETENSORS, metadata={"format": "pt"})
-        write_json_atomic(tmp / HF_CONFIG, hf_config_dict(model.cfg, tensors["transformer.wte.weight"].dtype))
-        write_tokenizer_files(tmp, model.cfg.context_length)
-        for file in tmp.iterdir():
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
-        replace_dir(tmp, out)
+        with staged_dir(out) as tmp:
+            safetensors.torch.save_file(tensors, tmp / HF_SAFETENSORS, metadata={"format": "pt"})
+            write_json_atomic(tmp / HF_CONFIG, hf_config_dict(model.cfg, tensors["transformer.wte.weight"].dtype))
+            write_tokenizer_files(tmp, model.cfg.context_length)
     except (OSError, safetensors.SafetensorError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         os_error = wrapped_os_error(exc)
         if os_error is None:
             raise
         raise GptrainError(f"cannot write {out}: {reason_and_fix(os_error)}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
