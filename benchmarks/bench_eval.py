@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.evaluate import AUTOCAST_DTYPES, encode, evaluate_tokens, sliding_windows  # noqa: E402
+from gptrain.evaluate import encode, evaluate_tokens, sliding_windows  # noqa: E402
+from gptrain.runtime import AUTOCAST_DTYPES  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
 from gptrain.runtime import resolve_device  # noqa: E402
 

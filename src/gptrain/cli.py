@@ -712,7 +712,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from gptrain.evaluate import load_eval_model

@@ -21,6 +21,7 @@ import torch
 
 from gptrain.config import GPTConfig
 from gptrain.errors import GptrainError
+from gptrain.runtime import autocast_context
 
 GiB = 1024 ** 3
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"
@@ -268,9 +269,7 @@ def cpu_runtime_memory(precision: str) -> int:
     model = GPTModel(cfg)
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     tokens = torch.randint(0, cfg.vocab_size, (2, cfg.context_length + 1))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    forward_backward(model, tokens[:, :-1], tokens[:, 1:],
-                     lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None))
+    forward_backward(model, tokens[:, :-1], tokens[:, 1:], lambda: autocast_context("cpu", precision))
     optimizer.step()
     return process_memory()
 
@@ -335,8 +334,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
         model.pad_vocab(64)
     optimizer = make_optimizer(model, TrainConfig(), device)
     build_s = time.perf_counter() - started
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    autocast = lambda: autocast_context(device.type, precision)  # noqa: E731
     batch = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
     inputs, targets = batch[:, :-1], batch[:, 1:]
 

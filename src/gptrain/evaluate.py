@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from gptrain.data import is_shard_dir, load_corpus, open_shards, split_text
 from gptrain.errors import GptrainError
+from gptrain.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.tokenizer import END_OF_TEXT, TABLE_SHA256, TOKENIZER_NAME, get_tokenizer
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def evaluate_tokens(model: nn.Module, tokens: np.ndarray, *, context_length: int
         )
     num_bytes = count_bytes(tokens) if num_bytes is None else num_bytes
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32")
+    autocast = autocast_context(device.type, precision)
     positions = torch.arange(length, device=device)
     batch_sums = []  # summed once at the end: no device sync per batch
     scored = len(tokens) - 1

@@ -33,6 +33,8 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(folder: Path) -> dict:
     """Record every file under ``folder`` (but the manifest itself) in ``folder/manifest.json``."""
+    from gptrain.checkpoint import write_json_atomic  # checkpoint imports this module
+
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
     # hashlib releases the GIL: the files (weights, optimizer state, ...) are hashed on all cores at once.
     with ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool:
@@ -40,13 +42,7 @@ def write_manifest(folder: Path) -> dict:
     files = {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": digest}
              for path, digest in zip(paths, digests)}
     manifest = {"format": MANIFEST_FORMAT, "files": files}
-    tmp = folder / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MANIFEST_FILE)
+    write_json_atomic(folder / MANIFEST_FILE, manifest)
     return manifest
 
 

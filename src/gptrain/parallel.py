@@ -25,8 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from gptrain.checkpoint import OPTIMIZER_DIR, WEIGHTS_FILE, load_state_into, read_weights
 from gptrain.errors import GptrainError
 from gptrain.model import GPTModel
-
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from gptrain.runtime import AUTOCAST_DTYPES
 
 # FSDP, DTensor and the distributed checkpoint are imported where they are used: importing them
 # takes 1.2 s on a 2-core CPU, which every gptrain command would pay without using them.
@@ -67,7 +66,7 @@ def shard_model(model: GPTModel, precision: str) -> GPTModel:
 
     # The output head's padded rows (--pad-vocab) are cut off by a read-only slice, the view FSDP warns about.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    dtype = COMPUTE_DTYPES.get(precision)
+    dtype = AUTOCAST_DTYPES.get(precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
     for block in model.trf_blocks:
         fully_shard(block, mp_policy=policy, reshard_after_forward=True)

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from gptrain.checkpoint import replace_dir, write_json_atomic
+from gptrain.checkpoint import staged_dir, write_json_atomic
 from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
@@ -224,12 +224,9 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
     paths = find_inputs(inputs)
     workers = workers or os.cpu_count() or 1
     stats = Stats()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts = {"train": 0, "val": 0}
     started = time.perf_counter()
-    try:
+    with staged_dir(out) as tmp:
         total_bytes = sum(p.stat().st_size for p in paths)
         with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file, tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None
@@ -270,13 +267,6 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
             "tokens_per_second": round(sum(counts.values()) / max(elapsed, 1e-9)),
         }
         write_json_atomic(tmp / "meta.json", meta)
-        for name in ("train.bin", "val.bin"):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -36,8 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from gptrain.errors import GptrainError
-from gptrain.evaluate import AUTOCAST_DTYPES
 from gptrain.model import unwrap_model
+from gptrain.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
 TASKS = ("hellaswag", "lambada", "mc")
@@ -317,7 +317,7 @@ def score_examples(model: nn.Module, examples: Sequence[Example], *, batch_size:
     rows.sort(key=lambda row: -row.length)
     loglikelihood = torch.zeros(len(owner), dtype=torch.float64, device=device)
     wrong = torch.zeros(len(owner), dtype=torch.float64, device=device)
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32")
+    autocast = autocast_context(device.type, precision)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(owner), desc="choices", unit="choice", disable=None if progress else True, leave=False)

@@ -63,6 +63,7 @@ from gptrain.resume import data_fingerprint, resume_differences
 from gptrain.runlock import locks_run_dir
 from gptrain.runtime import (
     Processes,
+    autocast_context,
     gather_over_processes,
     max_over_processes,
     mean_over_processes,
@@ -263,8 +264,7 @@ class Run:
         return self.global_batch * self.raw_model.cfg.context_length
 
     def autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast_context(self.device.type, self.cfg.precision)
 
 
 def resolve_grad_accum(cfg: TrainConfig, world_size: int, context: int) -> int:
@@ -634,9 +634,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     run = build_run(cfg, echo if os.environ.get("RANK", "0") == "0" else (lambda line: None))
     cfg = run.cfg  # resolved
     main = run.procs.is_main
+    evaluates = main or cfg.fsdp  # a sharded model's forward pass needs every process
     state = new_state()
-    # A sharded model's forward pass needs every process: under FSDP all of them score the tasks.
-    eval_tasks = load_training_tasks(cfg.eval_task, cfg.eval_task_limit) if main or cfg.fsdp else []
+    eval_tasks = load_training_tasks(cfg.eval_task, cfg.eval_task_limit) if evaluates else []
     if main:
         prepare_run_dir(run.out, overwrite, resume)
     if resume:
@@ -664,7 +664,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
     if cfg.init is not None:
         run.echo(describe_start(cfg, run.raw_model))
-        if (main or cfg.fsdp) and state["step"] == 0:  # a sharded model's forward pass needs every process
+        if evaluates and state["step"] == 0:
             log_evaluation(run, state, 0, started, initial=True)
 
     stopped_by, early_stopped = None, False
@@ -702,7 +702,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
                                   mfu=None if mfu is None else round(mfu, 4))
                 early_stop = False
-                evaluates = main or cfg.fsdp  # a sharded model's forward pass needs every process
                 if evaluates and global_step % cfg.eval_freq == 0:
                     early_stop = log_evaluation(run, state, global_step, started)
                 if eval_tasks and global_step % (cfg.eval_task_every or cfg.eval_freq) == 0:
