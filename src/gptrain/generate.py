@@ -48,6 +48,24 @@ def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
 
 
+def keep_top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Set all but the ``top_k`` largest logits of the last dimension (and any tied with the k-th) to -inf."""
+    if top_k is None:
+        return logits
+    kth_largest = torch.topk(logits, min(top_k, logits.size(-1))).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """What sampling at ``temperature`` > 0 draws from: top-k, temperature, softmax, then top-p
+    (the zeroed tokens are not renormalised away; ``torch.multinomial`` does not need it)."""
+    probs = torch.softmax(keep_top_k(logits, top_k) / temperature, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        probs = keep_top_p(probs, top_p)
+    return probs
+
+
 def select_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                       generator: torch.Generator | None = None, top_p: float | None = None) -> torch.Tensor:
     """Pick the next token id for each row of ``logits`` (batch, vocab); returns (batch, 1).
@@ -56,16 +74,9 @@ def select_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     -inf; temperature divides the logits before the softmax; top-p then keeps the smallest set
     of most likely tokens holding ``top_p`` of the probability. Temperature 0 is greedy.
     """
-    if top_k is not None:
-        top_k = min(top_k, logits.size(-1))
-        kth_largest = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     if temperature > 0.0:
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p is not None and top_p < 1.0:
-            probs = keep_top_p(probs, top_p)
-        return torch.multinomial(probs, num_samples=1, generator=generator)
-    return torch.argmax(logits, dim=-1, keepdim=True)
+        return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+    return torch.argmax(keep_top_k(logits, top_k), dim=-1, keepdim=True)
 
 
 @torch.inference_mode()

@@ -38,7 +38,7 @@ from torch import nn
 
 from gptrain.batching import BatchingEngine, QueueFull, Sequence, TokenInfo
 from gptrain.errors import GptrainError
-from gptrain.generate import keep_top_p
+from gptrain.generate import sampling_probs
 from gptrain.model import unwrap_model
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
@@ -163,14 +163,9 @@ def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int
     scaling, and after top-k and top-p filtering too (renormalised: what sampling draws from)."""
     logits = logits.float()
     probability = torch.softmax(logits, dim=-1)
-    filtered = logits
-    if top_k is not None:
-        filtered = logits.masked_fill(logits < torch.topk(logits, min(top_k, logits.numel())).values[-1], float("-inf"))
     if temperature > 0:
         scaled = torch.softmax(logits / temperature, dim=-1)
-        sampled = torch.softmax(filtered / temperature, dim=-1)
-        if top_p is not None and top_p < 1:
-            sampled = keep_top_p(sampled, top_p)
+        sampled = sampling_probs(logits, temperature, top_k, top_p)  # what generation samples from
         sampled = sampled / sampled.sum()
     else:  # greedy: all the mass on the most likely token
         scaled = torch.zeros_like(probability).scatter_(0, logits.argmax().view(1), 1.0)
