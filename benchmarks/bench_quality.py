@@ -200,8 +200,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recipes_json:
+        try:
+            recipes = json.loads(args.recipes_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read --recipes-json {args.recipes_json}: {exc}")
+        if not isinstance(recipes, dict) or not all(isinstance(v, dict) for v in recipes.values()):
+            parser.error("--recipes-json must hold an object of recipes: {name: {TrainConfig field: value}}")
         RECIPES.clear()
-        RECIPES.update(json.loads(args.recipes_json.read_text()))
+        RECIPES.update(recipes)
     args.recipes = args.recipes or list(RECIPES)
     unknown = set(args.recipes) - set(RECIPES)
     if unknown:
