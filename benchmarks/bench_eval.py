@@ -23,9 +23,8 @@ from common import find_verdict, hf_model_from, machine_description  # noqa: E40
 
 from gptrain import get_preset  # noqa: E402
 from gptrain.evaluate import encode, evaluate_tokens, sliding_windows  # noqa: E402
-from gptrain.runtime import AUTOCAST_DTYPES  # noqa: E402
 from gptrain.model import GPTModel  # noqa: E402
-from gptrain.runtime import resolve_device  # noqa: E402
+from gptrain.runtime import AUTOCAST_DTYPES, resolve_device  # noqa: E402
 
 
 def ours(model, tokens, context, stride, batch, precision):

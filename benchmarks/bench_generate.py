@@ -31,7 +31,6 @@ from common import book_model_from, hf_model_from, machine_description  # noqa: 
 
 from gptrain import GPTModel, get_preset  # noqa: E402
 from gptrain.generate import generate  # noqa: E402
-from gptrain.model import use_inference_layout  # noqa: E402
 
 SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
             "fp32-b8": (torch.float32, 8), "bf16-b8": (torch.bfloat16, 8)}
@@ -68,14 +67,12 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
 
 
 def weight_streaming_ceiling(model, setting: str, rounds: int) -> tuple:
-    """The fastest a batch-1 decoding step could be: one vector times every weight matrix of the
-    model, in the precision and layout generation uses, and nothing else (no attention, norms or
-    Python). At batch 1 a step reads every weight once, so memory bandwidth sets this bound."""
-    dtype = SETTINGS[setting][0]
-    model = copy.deepcopy(model).to(dtype).eval()
-    use_inference_layout(model)
+    """The fastest a batch-1 decoding step could be: one vector times every weight matrix of
+    ``model``, a model that has generated (so its weights are in the precision and layout
+    generation uses), and nothing else (no attention, norms or Python). At batch 1 a step reads
+    every weight once, so memory bandwidth sets this bound."""
     matrices = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=dtype) for w in matrices}
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in matrices}
 
     def one_token():
         for w in matrices:
@@ -140,10 +137,9 @@ def main() -> None:
         speeds = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
         for name, speed in speeds.items():
             rows.append((setting, name, speed, speeds["gptrain generate"] / speed))
-        del ours, hf, book
-
         if batch == 1:
-            rows.append(weight_streaming_ceiling(base, setting, args.rounds))
+            rows.append(weight_streaming_ceiling(ours, setting, args.rounds))
+        del ours, hf, book
 
     print("\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
     for setting, name, speed, ratio in rows:
