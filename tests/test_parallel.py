@@ -209,3 +209,35 @@ def test_compiled_fsdp_equals_the_uncompiled_run(fsdp_run, verdict_path):
             [r[key] for r in records(root / "straight", event)], abs=1e-5)
     assert complete_checkpoints(root / "compiled")  # the optimizer's shards were saved under compile too
     assert len((root / "compiled" / "metrics.csv").read_text().splitlines()) > STEPS  # rank 0's other logger
+
+
+def test_fsdp_saves_after_evaluation_task_scores_and_a_sample(tmp_path, story_page):
+    """A forward pass without gradients leaves FSDP's root gathered; every save after one used to fail.
+
+    Three steps an epoch, a checkpoint after every step: step 1 saved after an evaluation and task
+    scores, step 2 after nothing, step 3 after task scores without an evaluation (the root resharded
+    by backward, which task scoring once read directly) and the epoch's sample, step 4 (final) after
+    an evaluation. The step-3 checkpoint then resumes in one process to the same final weights.
+    """
+    tasks = tmp_path / "mc.jsonl"
+    tasks.write_text(json.dumps({"context": "The capital of France is", "choices": ["Paris", "Berlin"],
+                                 "answer": 0}) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    result = torchrun("train", "--data", str(story_page), "--out", str(run), "--preset", "tiny", "--context-length",
+                      "32", "--batch-size", "8", "--max-steps", "4", "--eval-freq", "3", "--eval-iter", "1",
+                      "--eval-task", f"mc:{tasks}", "--eval-task-every", "2", "--sample-tokens", "3", "--dropout",
+                      "0", "--save-every", "1", "--fsdp", "--device", "cpu", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(3 per epoch)" in result.stdout
+    assert [r["step"] for r in records(run, "eval")] == [0, 3]
+    assert [r["step"] for r in records(run, "task")] == [0, 2]
+    assert [r["step"] for r in records(run, "sample")] == [2]
+    assert [step for step, _ in complete_checkpoints(run)] == [1, 2, 3, 4, 4]
+
+    expected = weights(run / "final")
+    for later in ("final", "checkpoints/step-0000004"):
+        shutil.rmtree(run / later)
+    saved = json.loads((run / "config.json").read_text())["train"]
+    train(TrainConfig.from_dict({**saved, "batch_size": 16, "fsdp": False}), resume=True, echo=lambda line: None)
+    for name, tensor in weights(run / "final").items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0, msg=name)

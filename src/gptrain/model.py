@@ -206,7 +206,10 @@ class GPTModel(nn.Module):
     ``forward(in_idx)`` takes token ids of shape (batch, tokens) and returns logits of shape
     (batch, tokens, vocab_size). Losses live in :mod:`gptrain.loss`. With a :class:`KVCache` the
     tokens continue the cached ones; ``last_only=True`` computes the logits of the last
-    position only (all that generation needs from a prompt).
+    position only (all that generation needs from a prompt). Without a cache, ``positions`` and
+    ``attn_mask`` replace the causal defaults (several sequences packed in one row, which may be
+    longer than the context as long as the positions are not), and ``logits_at`` (indices into
+    the flattened batch x tokens) computes only those positions' logits, (len(logits_at), vocab).
     """
 
     def __init__(self, cfg: GPTConfig | Mapping[str, Any] | str):
@@ -222,16 +225,19 @@ class GPTModel(nn.Module):
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
-    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None, *,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False,
+                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         _, seq_len = in_idx.shape
-        if seq_len > self.cfg.context_length:
+        # Packed rows may be longer than the window; their positions are not.
+        if seq_len > self.cfg.context_length and positions is None:
             raise ValueError(
                 f"input has {seq_len} tokens but the model's context is {self.cfg.context_length}: "
                 "crop it to the last context_length tokens"
             )
         if cache is None:
-            positions, attn_mask = torch.arange(seq_len, device=in_idx.device), None
+            if positions is None:
+                positions = torch.arange(seq_len, device=in_idx.device)
         else:
             if cache.length + seq_len > min(cache.max_len, self.cfg.context_length):
                 raise ValueError(
@@ -247,6 +253,8 @@ class GPTModel(nn.Module):
             cache.length += seq_len
         if last_only:
             x = x[:, -1:]
+        if logits_at is not None:
+            x = x.flatten(0, 1)[logits_at]
         logits = self.out_head(self.final_norm(x))
         return logits[..., :self.cfg.vocab_size] if logits.shape[-1] != self.cfg.vocab_size else logits
 

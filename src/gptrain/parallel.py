@@ -143,6 +143,20 @@ def load_weights(model: GPTModel, path: Path) -> None:
             param.copy_(full)
 
 
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP unit of ``model`` back in its shards, as a backward pass leaves them.
+
+    A forward pass without gradients (evaluation, a sample, task scores) leaves the root's
+    parameters, and the output head's, gathered: only backward would reshard them. The optimizer
+    holds the sharded parameters, so its distributed checkpoint needs those registered again.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def staging_dir(path: Path) -> Path:
     """Where the processes write the optimizer shards of the checkpoint ``path`` before it is complete."""
     return path.with_name(f".{path.name}.optimizer-partial")
@@ -159,6 +173,7 @@ def save_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     dist.barrier()
+    reshard(model)
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=folder)
     return folder
 

@@ -279,11 +279,8 @@ def _batch_inputs(rows: list[_Row], device: torch.device):
 def _score_rows(model: nn.Module, rows: list[_Row], num_requests: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability and greedy mismatches of every request scored in ``rows``."""
     ids, positions, mask, predictors, targets, requests = _batch_inputs(rows, device)
-    x = model.drop_emb(model.tok_emb(ids) + model.pos_emb(positions))
-    for layer, block in enumerate(model.trf_blocks):
-        x = block(x, None, layer, mask)
-    hidden = x.flatten(0, 1)[predictors]
-    logits = model.out_head(model.final_norm(hidden))[:, :model.cfg.vocab_size].float()
+    # Through forward, not its parts: a sharded model gathers its weights in forward's hooks.
+    logits = model(ids, positions=positions, attn_mask=mask, logits_at=predictors).float()
     logprobs = F.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
     misses = (logits.argmax(dim=-1) != targets).double()
     loglikelihood = torch.zeros(num_requests, dtype=torch.float64, device=device).index_add_(0, requests, logprobs.double())
