@@ -180,3 +180,22 @@ def test_muon_in_bf16_and_from_the_command_line(story_page, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "gptrain", "train", "--schedule", "wsd", "--cosine",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "contradicts" in bad.stderr
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_optimizer_settings_changed_on_resume_reach_the_parameter_groups(story_page, tmp_path, optimizer):
+    """Loading the saved optimizer state brings back the saved run's groups; the resumed run's
+    --weight-decay, --lr and --muon-lr must replace them, not only be announced."""
+    muon = optimizer == "muon"
+    first = dict(optimizer=optimizer, muon_lr=3e-2 if muon else None, weight_decay=0.1, lr=2e-3,
+                 schedule="constant", warmup_steps=0, eval_freq=100)
+    train(run_cfg(story_page, tmp_path, max_steps=2, **first), echo=quiet)
+    lines = []
+    changed = first | dict(weight_decay=0.05, lr=1e-3, muon_lr=1e-2 if muon else None)
+    train(run_cfg(story_page, tmp_path, max_steps=3, **changed), resume=True, echo=lines.append)
+    assert "Changed on resume: weight_decay 0.1 -> 0.05" in lines
+    saved = torch.load(tmp_path / "final" / "training_state.pt", weights_only=True)["optimizer"]
+    groups = [*saved["adamw"]["param_groups"], *saved["muon"]["param_groups"]] if muon else saved["param_groups"]
+    # matrices, then norms and biases (never decayed), then Muon's matrices at --muon-lr
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.05][:len(groups)]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-3, 1e-2][:len(groups)])

@@ -104,6 +104,20 @@ def muon_matrices(model: nn.Module) -> set[int]:
     return {id(p) for p in blocks.parameters() if p.dim() == 2}
 
 
+def apply_group_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Give make_optimizer's parameter groups the weight decay and Muon learning-rate ratio of ``cfg``.
+
+    Loading a saved optimizer state brings back the groups of the run that saved it, so a resumed
+    run applies these again afterwards: ``--weight-decay``, ``--lr`` and ``--muon-lr`` may change on resume.
+    """
+    adamw = optimizer.adamw if isinstance(optimizer, MuonWithAdamW) else optimizer
+    matrices, others = adamw.param_groups
+    matrices["weight_decay"], others["weight_decay"] = cfg.weight_decay, 0.0
+    if isinstance(optimizer, MuonWithAdamW):
+        for group in optimizer.muon.param_groups:
+            group.update(weight_decay=cfg.weight_decay, lr_ratio=(cfg.muon_lr or cfg.lr) / cfg.lr)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
     """The optimizer ``cfg.optimizer`` names, over the parameters that require gradients.
 
@@ -114,16 +128,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
     params = [p for p in model.parameters() if p.requires_grad]
     to_muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
     adamw_params = [p for p in params if id(p) not in to_muon]
-    groups = [{"params": [p for p in adamw_params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in adamw_params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in adamw_params if p.dim() >= 2]},  # decayed (apply_group_settings)
+              {"params": [p for p in adamw_params if p.dim() < 2]}]
     fused = device is None or device.type in {"cpu", "cuda"}
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
-    if not to_muon:
-        return adamw
-    muon_lr = cfg.muon_lr or cfg.lr
-    muon = torch.optim.Muon([{"params": [p for p in params if id(p) in to_muon], "lr_ratio": muon_lr / cfg.lr}],
-                            lr=muon_lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-    return MuonWithAdamW(adamw, muon)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+    if to_muon:
+        muon = torch.optim.Muon([p for p in params if id(p) in to_muon], lr=cfg.muon_lr or cfg.lr,
+                                adjust_lr_fn="match_rms_adamw")
+        optimizer = MuonWithAdamW(optimizer, muon)
+    apply_group_settings(optimizer, cfg)
+    return optimizer
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "MuonWithAdamW", "lr_at", "make_optimizer", "muon_matrices", "set_lr"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "MuonWithAdamW", "apply_group_settings", "lr_at", "make_optimizer",
+           "muon_matrices", "set_lr"]

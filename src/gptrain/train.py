@@ -57,7 +57,7 @@ from gptrain.parallel import (
     save_optimizer,
     shard_model,
 )
-from gptrain.optim import lr_at, make_optimizer, set_lr
+from gptrain.optim import apply_group_settings, lr_at, make_optimizer, set_lr
 from gptrain.report import write_report
 from gptrain.resume import data_fingerprint, resume_differences
 from gptrain.runlock import locks_run_dir
@@ -516,6 +516,7 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]
         load_optimizer(run.raw_model, run.optimizer, path)
     else:
         run.optimizer.load_state_dict(saved["optimizer"])
+    apply_group_settings(run.optimizer, run.cfg)  # the loaded groups hold the saved run's settings
     run.scaler.load_state_dict(saved["scaler"])
     for key in new_state():
         state[key] = saved[key]
