@@ -11,6 +11,7 @@ from gptrain import GPTModel, TrainConfig, create_dataloader_v1, export_hf, load
 
 from gptrain.lora import (LoRALinear, add_lora, adapter_state_dict, export_peft_adapter, load_adapter, lora_layers,
                           merge_lora)
+from gptrain.optim import make_optimizer
 from gptrain.pretrained import load_gpt2
 
 quiet = lambda line: None
@@ -164,3 +165,19 @@ def test_resume_refuses_other_lora_settings(tmp_path, hf_source, story_page):
 def test_adapter_state_dict_holds_only_adapters(hf_source):
     model = add_lora(load_gpt2(hf_source), rank=2, targets=["v"])
     assert sorted(adapter_state_dict(model)) == [f"trf_blocks.{i}.att.W_value.lora_{p}" for i in (0, 1) for p in "AB"]
+
+
+def test_muon_leaves_the_adapters_to_adamw(tmp_path, hf_source, story_page):
+    """Adapters are low-rank factors, not the hidden matrices Muon orthogonalises: a LoRA run trains
+    them with AdamW under --optimizer muon too, to the same weights as under adamw."""
+    model = add_lora(load_gpt2(hf_source), rank=2)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=2e-2))
+    assert type(optimizer) is torch.optim.AdamW
+    adapters = {id(p) for layer in lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)}
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == adapters
+    for name in ("muon", "adamw"):
+        train(lora_run(tmp_path, story_page, hf_source, name, max_steps=2, optimizer=name,
+                       muon_lr=2e-2 if name == "muon" else None), echo=quiet)
+    expected = safetensors.torch.load_file(tmp_path / "adamw" / "final" / "adapter.safetensors")
+    for name, tensor in safetensors.torch.load_file(tmp_path / "muon" / "final" / "adapter.safetensors").items():
+        assert torch.equal(tensor, expected[name]), name

@@ -4,10 +4,10 @@ Two optimizers (``--optimizer``):
 
 - ``adamw`` (the lecture's): AdamW at ``--lr`` for every parameter, weight decay on matrices only.
 - ``muon``: Muon (``torch.optim.Muon``) for the 2-D weight matrices inside the transformer blocks,
-  AdamW for everything else: the token and position embeddings, the output head, norms and
-  biases. Muon orthogonalises each matrix's momentum (five Newton-Schulz iterations in bf16),
-  which makes every update use all of the matrix's directions; Keller Jordan's modded-nanogpt
-  speedrun and nanochat train GPT-2 this way. Its updates are scaled to the RMS of an AdamW
+  AdamW for everything else: the token and position embeddings, the output head, norms,
+  biases and LoRA's adapters. Muon orthogonalises each matrix's momentum (five Newton-Schulz
+  iterations in bf16), which makes every update use all of the matrix's directions; Keller
+  Jordan's modded-nanogpt speedrun and nanochat train GPT-2 this way. Its updates are scaled to the RMS of an AdamW
   update (Moonshot's ``match_rms_adamw``), so ``--muon-lr`` means what ``--lr`` means to AdamW
   and defaults to it; the embeddings and head keep AdamW at ``--lr``. Weight decay is
   ``--weight-decay`` for the matrices in both groups.
@@ -35,6 +35,7 @@ from torch import nn
 
 from gptrain.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from gptrain.errors import GptrainError
+from gptrain.lora import lora_layers
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -97,11 +98,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 
 def muon_matrices(model: nn.Module) -> set[int]:
-    """Ids of the parameters Muon updates: the 2-D weight matrices inside the transformer blocks."""
+    """Ids of the parameters Muon updates: the 2-D weight matrices inside the transformer blocks.
+
+    LoRA's adapters are not among them: an adapter is rank x in or out x rank, a low-rank factor
+    rather than a hidden layer's map, and orthogonalising it would move its few directions as much
+    as a full matrix's. They go to AdamW, as peft trains them.
+    """
     blocks = getattr(model, "trf_blocks", None)
     if blocks is None:
         return set()
-    return {id(p) for p in blocks.parameters() if p.dim() == 2}
+    adapters = {id(p) for layer in lora_layers(blocks).values() for p in (layer.lora_A, layer.lora_B)}
+    return {id(p) for p in blocks.parameters() if p.dim() == 2 and id(p) not in adapters}
 
 
 def apply_group_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -132,9 +139,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
               {"params": [p for p in adamw_params if p.dim() < 2]}]
     fused = device is None or device.type in {"cpu", "cuda"}
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
-    if to_muon:
-        muon = torch.optim.Muon([p for p in params if id(p) in to_muon], lr=cfg.muon_lr or cfg.lr,
-                                adjust_lr_fn="match_rms_adamw")
+    muon_params = [p for p in params if id(p) in to_muon]
+    if muon_params:  # none in a LoRA run, whose adapters all go to AdamW
+        muon = torch.optim.Muon(muon_params, lr=cfg.muon_lr or cfg.lr, adjust_lr_fn="match_rms_adamw")
         optimizer = MuonWithAdamW(optimizer, muon)
     apply_group_settings(optimizer, cfg)
     return optimizer
