@@ -481,7 +481,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from gptrain.checkpoint import load_checkpoint
-    from gptrain.generate import check_sampling_args, stream_tokens, stream_text
+    from gptrain.generate import check_sampling_args, stream_tokens, stream_text, window_warning
     from gptrain.runtime import resolve_device
     from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
@@ -492,6 +492,9 @@ def run_generate(args: argparse.Namespace) -> int:
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
+    warning = window_warning(idx.shape[1], args.max_new_tokens, model.cfg.context_length)
+    if warning:
+        print(f"gptrain: warning: {warning}", file=sys.stderr, flush=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     started = time.perf_counter()
     tokens = stream_tokens(model, idx, args.max_new_tokens, model.cfg.context_length, temperature=args.temperature,
