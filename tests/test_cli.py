@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -82,3 +84,36 @@ def test_help_everywhere():
         result = run_cli(*args)
         assert result.returncode == 0 and "usage: gptrain" in result.stdout
     assert "--context-length" in run_cli("train", "--help").stdout
+
+
+def test_version_is_the_package_metadata():
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout == f"gptrain {version('gptrain')}\n"
+
+
+def every_help_text() -> dict[str, str]:
+    """The --help of every command and lab, whitespace collapsed (argparse wraps lines)."""
+    from gptrain.cli import build_parser
+
+    def subparsers(parser):
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    texts = {}
+    for name, parser in subparsers(build_parser()).items():
+        texts[name] = " ".join(parser.format_help().split())
+        for lab, lab_parser in subparsers(parser).items():
+            texts[f"{name} {lab}"] = " ".join(lab_parser.format_help().split())
+    return texts
+
+
+def test_help_shows_each_default_once_and_no_none():
+    texts = every_help_text()
+    assert {"train", "estimate", "lab loss", "lab multinomial"} <= set(texts)
+    for name, text in texts.items():
+        assert "(default: None)" not in text, name
+        assert not re.search(r"\]\s*\(default:", text), (name, re.findall(r".{40}\]\s*\(default:[^)]*\)", text))
+    # Defaults not already in brackets are still shown, once.
+    assert "--samples SAMPLES number of draws (default: 1000)" in texts["lab multinomial"]
+    assert "--grad-accum GRAD_ACCUM micro-batches per optimizer step [1] --" in texts["estimate"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -22,8 +23,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already name the default in [brackets] and
+    there is one to show: not for None, nor for on/off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or re.search(r"\[[^\]]*\]\s*$", text):
+            return text
+        return super()._get_help_string(action)
+
+
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else float(text)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed, version unknown)"
 
 
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
@@ -35,7 +56,7 @@ def add_train_parser(subparsers) -> None:
         description="Pre-train a GPT model. With no flags it runs the lecture: the 124M architecture at "
                     "context 256 on the-verdict.txt for 10 epochs, AdamW lr 4e-4, weight decay 0.1, batch 2, "
                     "evaluating every 5 steps on 5 batches, seed 123.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
     p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
@@ -133,7 +154,7 @@ def add_prepare_parser(subparsers) -> None:
                     "memory map. Inputs are files, folders and glob patterns of .txt, .md and .jsonl files; each "
                     "file (or JSON line) is a document, followed by <|endoftext|>. The corpus is streamed and "
                     "tokenized in parallel processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
     p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
@@ -170,7 +191,7 @@ def add_generate_parser(subparsers) -> None:
                     "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
                     "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
                     "nucleus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
     p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
@@ -192,7 +213,7 @@ def add_download_gpt2_parser(subparsers) -> None:
         description="Download config.json and model.safetensors of OpenAI's GPT-2 from the Hugging Face hub "
                     "(or $GPTRAIN_HF_ENDPOINT) into the cache, resuming a partial download and checking size "
                     "and sha256.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--size", default="124M", help="124M, 355M, 774M or 1558M (or gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     p.set_defaults(handler=run_download_gpt2)
@@ -229,7 +250,7 @@ def add_compare_parser(subparsers) -> None:
         "compare", help="continue a prompt with a random, a trained and a pretrained model",
         description="The lecture's before/after activity: the continuations of a randomly initialised model, "
                     "a trained checkpoint and pretrained weights, with the same prompt, seed and sampling.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
@@ -317,7 +338,7 @@ def add_lab_parser(subparsers) -> None:
         description="The lecture's hands-on exercises on sampling and loss, with its numbers as defaults.",
     )
     labs = p.add_subparsers(title="labs", metavar="LAB", parser_class=Parser)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     t = labs.add_parser("temperature", help="softmax of logits at several temperatures", formatter_class=defaults,
                         description="Print softmax(logits / T) for each temperature T, as a table.")
@@ -373,7 +394,7 @@ def add_estimate_parser(subparsers) -> None:
                     "and run, wall time, device-hours, cost and energy on a table of GPUs (or this CPU), memory "
                     "per device and the largest micro-batch that fits, and the compute-optimal token count "
                     "(20 per parameter). See docs/economics.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", default="124M", help="model size: tiny, 124M, 355M, 774M, 1558M")
@@ -413,6 +434,7 @@ def add_estimate_parser(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
+    parser.add_argument("--version", action="version", version=f"gptrain {package_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     add_prepare_parser(subparsers)
     add_train_parser(subparsers)
