@@ -117,3 +117,15 @@ def test_help_shows_each_default_once_and_no_none():
     # Defaults not already in brackets are still shown, once.
     assert "--samples SAMPLES number of draws (default: 1000)" in texts["lab multinomial"]
     assert "--grad-accum GRAD_ACCUM micro-batches per optimizer step [1] --" in texts["estimate"]
+
+
+def test_serve_caps_requests_with_max_request_tokens_and_keeps_the_old_name():
+    """train's --max-tokens is a training budget; serve's cap has its own name, the old one an alias."""
+    from gptrain.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--max-request-tokens", "--max-tokens"):
+        assert parser.parse_args(["serve", "--checkpoint", "ckpt", flag, "24"]).max_request_tokens == 24
+    assert parser.parse_args(["serve", "--checkpoint", "ckpt"]).max_request_tokens is None
+    assert parser.parse_args(["train", "--max-tokens", "1000"]).max_tokens == 1000
+    assert "--max-request-tokens" in every_help_text()["serve"]

@@ -281,8 +281,9 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
     p.add_argument("--batch-size", type=int, default=8, help="windows (with --task: examples) per forward pass [8]")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " [auto]")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16, else fp32, as in "
+                        "train [auto]")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--task", default=None, metavar="TASK",
                    help="score a benchmark instead of a text: hellaswag, lambada or mc (multiple choice); --data is "
@@ -321,7 +322,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--model-name", default=None, help="the model id clients name [the checkpoint's folder name]")
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
-    p.add_argument("--max-tokens", type=int, default=None, help="cap on a request's max_tokens [the model's context]")
+    # --max-tokens, the old name, is train's token budget there: kept here as an alias.
+    p.add_argument("--max-request-tokens", "--max-tokens", dest="max_request_tokens", type=int, default=None,
+                   help="cap on a request's max_tokens (alias: --max-tokens) [the model's context]")
     p.add_argument("--max-n", type=int, default=8, help="cap on a request's n [8]")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body in bytes; 413 beyond [1 MiB]")
     p.add_argument("--shutdown-timeout", type=float, default=5.0,
@@ -353,7 +356,8 @@ def add_lab_parser(subparsers) -> None:
                         description="Draw --samples outcomes from a distribution with torch.multinomial and print "
                                     "how often each came up against its probability. The default is the lecture's "
                                     "weather: sunny 0.5, rainy 0.3, cloudy 0.2.")
-    m.add_argument("--probs", type=float, nargs="+", default=None, help="the distribution [0.5 0.3 0.2]")
+    m.add_argument("--probs", nargs="+", default=None, metavar="P",
+                   help="the distribution, by spaces or commas [0.5 0.3 0.2]")
     m.add_argument("--names", nargs="+", default=None, help="a name for each outcome [sunny rainy cloudy]")
     m.add_argument("--samples", type=int, default=1000, help="number of draws")
     m.add_argument("--seed", type=int, default=123, help="random seed (the same seed gives the same counts)")
@@ -366,8 +370,10 @@ def add_lab_parser(subparsers) -> None:
                                      "question P(mat)=0.1. Example: gptrain lab loss --probs 0.6,0.2,0.1,0.1 "
                                      "--probs 0.3,0.3,0.2,0.2 --target 0")
     rows = lo.add_mutually_exclusive_group()
-    rows.add_argument("--probs", action="append", metavar="P1,P2,...", help="a row of probabilities (repeat for a batch)")
-    rows.add_argument("--logits", action="append", metavar="L1,L2,...", help="a row of logits (repeat for a batch)")
+    rows.add_argument("--probs", action="append", nargs="+", metavar="P",
+                      help="a row of probabilities, by commas or spaces (repeat for a batch)")
+    rows.add_argument("--logits", action="append", nargs="+", metavar="L",
+                      help="a row of logits, by commas or spaces (repeat for a batch)")
     lo.add_argument("--target", action="append", help="index or name of the correct token: one per row, or one for all")
     lo.add_argument("--names", nargs="+", default=None, help="a name for each column [token 0, token 1, ...]")
     lo.set_defaults(handler=run_lab_loss)
@@ -556,7 +562,7 @@ def run_lab_temperature(args: argparse.Namespace) -> int:
 def run_lab_multinomial(args: argparse.Namespace) -> int:
     from gptrain.lab import WEATHER_NAMES, WEATHER_PROBS, multinomial_table
 
-    probs = args.probs if args.probs is not None else WEATHER_PROBS
+    probs = _parse_row(" ".join(args.probs), "--probs") if args.probs is not None else WEATHER_PROBS
     names = args.names if args.names is not None or args.probs is not None else WEATHER_NAMES
     print(multinomial_table(probs, names, args.samples, args.seed))
     return 0
@@ -566,7 +572,8 @@ def _parse_row(text: str, flag: str) -> list[float]:
     try:
         return [float(value) for value in text.replace(" ", ",").split(",") if value]
     except ValueError:
-        raise GptrainError(f"{flag} {text!r} is not a comma-separated list of numbers (e.g. 0.6,0.2,0.1,0.1)") from None
+        raise GptrainError(f"{flag} {text!r} is not a comma-separated list of numbers, nor a space-separated one "
+                           "(e.g. 0.6,0.2,0.1,0.1)") from None
 
 
 def run_lab_loss(args: argparse.Namespace) -> int:
@@ -575,7 +582,7 @@ def run_lab_loss(args: argparse.Namespace) -> int:
     if args.probs is None and args.logits is None:
         rows, names, targets = MAT_PROBS, args.names or MAT_NAMES, args.target or ["mat"]
     else:
-        rows = [_parse_row(row, "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
+        rows = [_parse_row(" ".join(row), "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
         names, targets = args.names, args.target
         if not targets:
             raise GptrainError("give --target: the index (or --names name) of the correct token, "
@@ -747,7 +754,7 @@ def run_serve(args: argparse.Namespace) -> int:
     name = args.model_name or (Path(source).resolve().name if args.checkpoint else f"gpt2-{Path(source).name}")
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRAIN_API_KEY"),
                       model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
-                      max_tokens=args.max_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+                      max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
     device = resolve_device(args.device)
     serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)
