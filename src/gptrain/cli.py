@@ -683,18 +683,26 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.evaluate import check_window_args, evaluate_tokens, load_eval_model, load_eval_tokens
+    from gptrain.evaluate import (
+        check_eval_tokens,
+        check_window_args,
+        evaluate_tokens,
+        load_eval_model,
+        load_eval_tokens,
+    )
     from gptrain.runtime import resolve_device, resolve_precision
 
     if args.batch_size < 1:
         raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.task is not None or args.limit is not None:
         return run_eval_task(args)
+    # The data is checked before the model is loaded: a bad or empty text costs no waiting.
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    check_eval_tokens(len(tokens))
     device = resolve_device(args.device)
     model = load_eval_model(args.checkpoint, args.pretrained, device)
     context = model.cfg.context_length if args.context_length is None else args.context_length
     check_window_args(context, context if args.stride is None else args.stride, model.cfg.context_length)
-    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
     result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
                              batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
                              num_bytes=num_bytes)
