@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from gptrain.cli import main
+from gptrain.errors import GptrainError
 
 
 def run_cli(*args, cwd=None):
@@ -129,3 +130,21 @@ def test_serve_caps_requests_with_max_request_tokens_and_keeps_the_old_name():
     assert parser.parse_args(["serve", "--checkpoint", "ckpt"]).max_request_tokens is None
     assert parser.parse_args(["train", "--max-tokens", "1000"]).max_tokens == 1000
     assert "--max-request-tokens" in every_help_text()["serve"]
+
+
+def test_an_unknown_setting_names_the_closest_one(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("epoch = 3\nbatchsize = 2\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(config)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"gptrain: error: {config}: unknown setting(s) batchsize (did you mean batch_size?), "
+                    "epoch (did you mean epochs?)")
+    config.write_text("epochs = 3\nfoo = 1\n")  # nothing close: where the settings are listed
+    assert main(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown setting(s) foo; the settings are gptrain train's flags "
+                                                    "with _ for - (see gptrain train --help)")
+    from gptrain.config import GPTConfig
+
+    with pytest.raises(GptrainError, match=r"^model config: unknown key\(s\) n_layer \(did you mean n_layers\?\)$"):
+        GPTConfig.from_dict({"n_layer": 2})
