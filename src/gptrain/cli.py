@@ -658,11 +658,18 @@ def run_compare(args: argparse.Namespace) -> int:
     import textwrap
 
     from gptrain.generate import check_sampling_args
-    from gptrain.pretrained import compare_continuations
+    from gptrain.pretrained import compare_continuations, download_gpt2, gpt2_size
     from gptrain.runtime import resolve_device
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    if pretrained is not None and gpt2_size(pretrained) and not os.path.exists(pretrained):
+        # --pretrained 124M is the default: one without network or cache must learn how to skip it.
+        try:
+            download_gpt2(pretrained)
+        except GptrainError as exc:
+            raise GptrainError(f"{exc}; or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER "
+                               "for a local copy)") from None
     rows = compare_continuations(args.prompt, checkpoint=args.checkpoint, pretrained=pretrained,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                  top_p=args.top_p, seed=args.seed, device=resolve_device(args.device),
