@@ -129,7 +129,10 @@ def train_model_simple(model: nn.Module, train_loader, val_loader, optimizer: to
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | Path = "loss.png",
                 log_scale: bool = False) -> Path:
-    """Save the book's plot: train and validation loss against epochs, tokens seen on a second x-axis."""
+    """Save the book's plot: train and validation loss against epochs, tokens seen on a second x-axis.
+
+    A single evaluation is drawn as points (a line needs two) on axes with fewer ticks, whose
+    labels would otherwise crowd a range matplotlib widens around one value."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window, works without a display
@@ -137,17 +140,21 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     from matplotlib.ticker import MaxNLocator
 
     epochs_seen = [float(e) for e in epochs_seen]
+    single = len(epochs_seen) == 1
+    marker = "o" if single else None
     fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_losses, label="Training loss")
-    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.plot(epochs_seen, train_losses, marker=marker, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", marker=marker, label="Validation loss")
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel("Loss")
     if log_scale:
         ax1.set_yscale("log")
     ax1.legend(loc="upper right")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.xaxis.set_major_locator(MaxNLocator(nbins=3 if single else "auto", integer=True))
     ax2 = ax1.twiny()
     ax2.plot(list(tokens_seen), train_losses, alpha=0)  # invisible: only aligns the token ticks
+    if single:
+        ax2.xaxis.set_major_locator(MaxNLocator(nbins=3))
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     path = Path(path)
