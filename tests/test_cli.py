@@ -130,6 +130,9 @@ def test_serve_caps_requests_with_max_request_tokens_and_keeps_the_old_name():
     assert parser.parse_args(["serve", "--checkpoint", "ckpt"]).max_request_tokens is None
     assert parser.parse_args(["train", "--max-tokens", "1000"]).max_tokens == 1000
     assert "--max-request-tokens" in every_help_text()["serve"]
+    for flag in ("--max-request-tokens", "--max-tokens"):  # the value reaches the server's settings
+        result = run_cli("serve", "--checkpoint", "ckpt", flag, "0")
+        assert result.returncode == 2 and "max_tokens must be at least 1" in result.stderr, result.stderr
 
 
 def test_an_unknown_setting_names_the_closest_one(tmp_path, capsys):
