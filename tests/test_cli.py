@@ -1,10 +1,13 @@
+import argparse
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from gptrain.cli import main
+from gptrain.errors import GptrainError
 
 
 def run_cli(*args, cwd=None):
@@ -82,3 +85,69 @@ def test_help_everywhere():
         result = run_cli(*args)
         assert result.returncode == 0 and "usage: gptrain" in result.stdout
     assert "--context-length" in run_cli("train", "--help").stdout
+
+
+def test_version_is_the_package_metadata():
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout == f"gptrain {version('gptrain')}\n"
+
+
+def every_help_text() -> dict[str, str]:
+    """The --help of every command and lab, whitespace collapsed (argparse wraps lines)."""
+    from gptrain.cli import build_parser
+
+    def subparsers(parser):
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    texts = {}
+    for name, parser in subparsers(build_parser()).items():
+        texts[name] = " ".join(parser.format_help().split())
+        for lab, lab_parser in subparsers(parser).items():
+            texts[f"{name} {lab}"] = " ".join(lab_parser.format_help().split())
+    return texts
+
+
+def test_help_shows_each_default_once_and_no_none():
+    texts = every_help_text()
+    assert {"train", "estimate", "lab loss", "lab multinomial"} <= set(texts)
+    for name, text in texts.items():
+        assert "(default: None)" not in text, name
+        assert not re.search(r"\]\s*\(default:", text), (name, re.findall(r".{40}\]\s*\(default:[^)]*\)", text))
+    # Defaults not already in brackets are still shown, once.
+    assert "--samples SAMPLES number of draws (default: 1000)" in texts["lab multinomial"]
+    assert "--grad-accum GRAD_ACCUM micro-batches per optimizer step [1] --" in texts["estimate"]
+
+
+def test_serve_caps_requests_with_max_request_tokens_and_keeps_the_old_name():
+    """train's --max-tokens is a training budget; serve's cap has its own name, the old one an alias."""
+    from gptrain.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--max-request-tokens", "--max-tokens"):
+        assert parser.parse_args(["serve", "--checkpoint", "ckpt", flag, "24"]).max_request_tokens == 24
+    assert parser.parse_args(["serve", "--checkpoint", "ckpt"]).max_request_tokens is None
+    assert parser.parse_args(["train", "--max-tokens", "1000"]).max_tokens == 1000
+    assert "--max-request-tokens" in every_help_text()["serve"]
+    for flag in ("--max-request-tokens", "--max-tokens"):  # the value reaches the server's settings
+        result = run_cli("serve", "--checkpoint", "ckpt", flag, "0")
+        assert result.returncode == 2 and "max_tokens must be at least 1" in result.stderr, result.stderr
+
+
+def test_an_unknown_setting_names_the_closest_one(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("epoch = 3\nbatchsize = 2\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(config)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"gptrain: error: {config}: unknown setting(s) batchsize (did you mean batch_size?), "
+                    "epoch (did you mean epochs?)")
+    config.write_text("epochs = 3\nfoo = 1\n")  # nothing close: where the settings are listed
+    assert main(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown setting(s) foo; the settings are gptrain train's flags "
+                                                    "with _ for - (see gptrain train --help)")
+    from gptrain.config import GPTConfig
+
+    with pytest.raises(GptrainError, match=r"^model config: unknown key\(s\) n_layer \(did you mean n_layers\?\)$"):
+        GPTConfig.from_dict({"n_layer": 2})

@@ -11,6 +11,7 @@ from gptrain.cli import main
 from gptrain.data import open_shards, split_text
 from gptrain.evaluate import encode, evaluate_text, evaluate_tokens, sliding_windows
 from gptrain.prepare import prepare
+from gptrain.runtime import resolve_precision
 
 
 def seeded_model(cfg: GPTConfig, seed: int = 1) -> GPTModel:
@@ -149,18 +150,23 @@ def eval_json(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def fp32_json(capsys, *args) -> dict:
+    """The figures in fp32, which the exact comparisons with evaluate_tokens' default need."""
+    return eval_json(capsys, *args, "--precision", "fp32")
+
+
 def test_eval_a_text_file(tmp_path, checkpoint, verdict_text, capsys):
     text = verdict_text[:2500]
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     data = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "text.txt")]
     model = seeded_model(GPTConfig.from_dict(json.loads((checkpoint / "config.json").read_text())["model"]))
-    figures = eval_json(capsys, *data, "--stride", "16")
+    figures = fp32_json(capsys, *data, "--stride", "16")
     expected = evaluate_text(model, text, stride=16, progress=False)
     assert figures["loss"] == pytest.approx(expected.loss, abs=1e-6)
     assert figures["bytes"] == len(text.encode("utf-8")) and figures["tokens"] == len(encode(text))
     assert figures["context_length"] == 32 and figures["tokens_per_s"] > 0
 
-    val = eval_json(capsys, *data, "--split", "val")
+    val = fp32_json(capsys, *data, "--split", "val")
     assert val["loss"] == pytest.approx(evaluate_text(model, split_text(text)[1], progress=False).loss, abs=1e-6)
 
     assert main(["eval", *data, "--device", "cpu"]) == 0
@@ -178,10 +184,32 @@ def test_eval_a_prepared_folder(tmp_path, checkpoint, verdict_text, capsys):
     model = seeded_model(GPTConfig.from_dict(json.loads((checkpoint / "config.json").read_text())["model"]))
     for split, tokens in (("val", shards.val), ("train", shards.train)):
         args = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "shards")]
-        figures = eval_json(capsys, *args, *(["--split", split] if split == "train" else []))
+        figures = fp32_json(capsys, *args, *(["--split", split] if split == "train" else []))
         expected = evaluate_tokens(model, np.asarray(tokens), progress=False)
         assert figures["tokens"] == len(tokens) and figures["loss"] == pytest.approx(expected.loss, abs=1e-6)
         assert figures["bytes"] == len(model_free_decode(tokens).encode("utf-8"))
+
+
+def test_eval_precision_defaults_to_auto_as_train(tmp_path, checkpoint, verdict_text, capsys):
+    """auto is bf16 on CPUs with native bf16 (and on CUDA), else fp32: the same resolution as train's."""
+    text = verdict_text[:2500]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    figures = eval_json(capsys, "--checkpoint", str(checkpoint), "--data", str(tmp_path / "text.txt"))
+    model = seeded_model(GPTConfig.from_dict(json.loads((checkpoint / "config.json").read_text())["model"]))
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert figures["loss"] == pytest.approx(evaluate_text(model, text, precision=auto, progress=False).loss, abs=1e-6)
+    assert figures["loss"] == eval_json(capsys, "--checkpoint", str(checkpoint), "--data", str(tmp_path / "text.txt"),
+                                        "--precision", auto)["loss"]
+
+
+def test_eval_checks_the_data_before_loading_the_model(tmp_path, capsys):
+    """An empty or one-token text is refused before any model is read: here there is none to read."""
+    (tmp_path / "one.txt").write_text("Hello", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    for data, message in (("one.txt", "the text has 1 token(s): at least two are needed"), ("empty", "empty")):
+        line = one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "no-such-checkpoint"),
+                                       "--data", str(tmp_path / data), "--device", "cpu"])
+        assert message in line and "no-such-checkpoint" not in line, line
 
 
 def model_free_decode(tokens) -> str:
@@ -197,7 +225,7 @@ def test_eval_pretrained_hf_folder(tmp_path, tiny_cfg, verdict_text, capsys):
     hf_model_from(model).save_pretrained(tmp_path / "hf")
     (tmp_path / "text.txt").write_text(verdict_text[:2000], encoding="utf-8")
     args = ["eval", "--pretrained", str(tmp_path / "hf"), "--data", str(tmp_path / "text.txt"), "--device", "cpu",
-            "--json"]
+            "--json", "--precision", "fp32"]
     capsys.readouterr()
     assert main(args) == 0
     figures = json.loads(capsys.readouterr().out)

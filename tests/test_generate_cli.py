@@ -50,7 +50,7 @@ def test_streams_token_by_token_and_equals_no_stream(checkpoint, monkeypatch, ca
     assert streamed.flushes >= 20 and len(streamed.writes) >= 20  # pieces arrive as tokens are produced
     assert len(whole.writes) <= 2  # the text and print's newline
     assert "\ufffd" not in "".join(streamed.writes[:-1])
-    assert err.startswith("30 tokens in ") and err.strip().endswith("tokens/s")
+    assert err.splitlines()[-1].startswith("30 tokens in ") and err.strip().endswith("tokens/s")
 
 
 def test_output_is_the_prompt_and_the_tokens_generate_produces(checkpoint, monkeypatch, capsys):
@@ -82,3 +82,23 @@ def test_bad_sampling_flags(checkpoint, args, message):
     result = subprocess.run([sys.executable, "-m", "gptrain", "generate", "--checkpoint", str(checkpoint), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_prompt_longer_than_the_context_is_reported_on_stderr(checkpoint, monkeypatch, capsys):
+    """The model's window is 32 tokens: a 37-token prompt loses its first 5, in one line on stderr."""
+    prompt = "Every effort moves you " * 9
+    assert len(get_tokenizer().encode(prompt)) == 37
+    out, err = run(monkeypatch, capsys, "--checkpoint", str(checkpoint), "--prompt", prompt, "--max-new-tokens", "5")
+    warning, speed = err.splitlines()
+    assert warning.startswith("gptrain: warning: the prompt has 37 tokens but the model's context is 32: its first "
+                              "5 tokens are dropped, and generation past the window slides it")
+    assert speed.startswith("5 tokens in ")
+    assert out.text().startswith(prompt)  # the whole prompt is still printed
+
+
+def test_generation_past_the_window_is_reported_once(checkpoint, monkeypatch, capsys):
+    args = ["--checkpoint", str(checkpoint), "--prompt", "Every effort moves you"]  # 4 tokens
+    warning, _ = run(monkeypatch, capsys, *args, "--max-new-tokens", "29")[1].splitlines()
+    assert warning.startswith("gptrain: warning: the prompt (4 tokens) and 29 new tokens exceed the model's context "
+                              "of 32: no prompt token is dropped, but once the window is full generation slides it")
+    assert len(run(monkeypatch, capsys, *args, "--max-new-tokens", "28")[1].splitlines()) == 1  # 32 fit: no warning

@@ -84,6 +84,13 @@ def test_multinomial_with_own_distribution(capsys):
     assert [line.split()[:3] for line in out.splitlines()[2:]] == [["token", "0", "0.000"], ["token", "1", "1.000"]]
 
 
+def test_multinomial_takes_commas_as_loss_does(capsys):
+    spaces = lab(capsys, "multinomial", "--probs", "0.6", "0.4", "--seed", "3")
+    assert lab(capsys, "multinomial", "--probs", "0.6,0.4", "--seed", "3") == spaces
+    assert [line.split()[-2] for line in spaces.splitlines()[2:]] == [
+        f"{count / 1000:.3f}" for count in multinomial_counts([0.6, 0.4], 1000, seed=3).tolist()]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--probs", "0.5", "0.6"], "sum to 1.1, not 1"),
     (["--probs", "1.5", "-0.5"], "between 0 and 1"),
@@ -119,6 +126,15 @@ def test_loss_one_target_for_all_rows_and_names(capsys):
     out = lab(capsys, "loss", "--probs", "0.25,0.75", "--probs", "0.5,0.5", "--target", "b", "--names", "a", "b")
     rows = [line.split()[1:] for line in out.splitlines()[1:3]]
     assert rows == [["b", "0.7500", "0.2877"], ["b", "0.5000", "0.6931"]]
+
+
+def test_loss_takes_spaces_as_multinomial_does(capsys):
+    commas = lab(capsys, "loss", "--probs", "0.6,0.2,0.1,0.1", "--probs", "0.1,0.6,0.2,0.1", "--target", "0")
+    spaces = lab(capsys, "loss", "--probs", "0.6", "0.2", "0.1", "0.1", "--probs", "0.1", "0.6", "0.2", "0.1",
+                 "--target", "0")
+    assert spaces == commas and spaces.splitlines()[-1].startswith("batch average: 1.4067")
+    logits = lab(capsys, "loss", "--logits", "2.1", "1.3", "0.8", "--target", "0")
+    assert logits == lab(capsys, "loss", "--logits", "2.1,1.3,0.8", "--target", "0")
 
 
 @pytest.mark.parametrize("args,message", [

@@ -164,3 +164,14 @@ def test_compare_samples_with_top_p_and_rejects_a_bad_one(hf_dir, capsys):
 
     assert main(args[:-4] + ["--top-p", "0", "--device", "cpu"]) == 2
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_compare_offline_says_how_to_skip_its_default_pretrained_weights(checkpoint, capsys):
+    """The default --pretrained 124M is not cached and GPTRAIN_OFFLINE is set (conftest): say --pretrained none."""
+    assert main(["compare", "--prompt", "Hello", "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "GPTRAIN_OFFLINE is set" in lines[0], lines
+    assert lines[0].endswith("or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER for a "
+                             "local copy)")
+    assert main(["compare", "--prompt", "Hello", "--checkpoint", str(checkpoint), "--pretrained", "none",
+                 "--max-new-tokens", "2", "--device", "cpu"]) == 0

@@ -213,7 +213,7 @@ def test_eval_task_cli(setup, capsys):
     model, folder, files = setup
     capsys.readouterr()
     args = ["eval", "--checkpoint", str(folder / "ckpt"), "--task", "hellaswag", "--data", str(files["hellaswag"]),
-            "--device", "cpu"]
+            "--device", "cpu", "--precision", "fp32"]
     assert main(args + ["--json", "--limit", "3"]) == 0
     figures = json.loads(capsys.readouterr().out)
     expected = evaluate_task(model, "hellaswag", files["hellaswag"], limit=3, progress=False)
@@ -223,7 +223,7 @@ def test_eval_task_cli(setup, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("hellaswag: acc ") and "acc_norm" in line and "4 examples" in line
     assert main(["eval", "--pretrained", str(folder / "hf"), "--task", "lambada", "--data", str(files["lambada"]),
-                 "--device", "cpu", "--json"]) == 0
+                 "--device", "cpu", "--json", "--precision", "fp32"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["perplexity"] == pytest.approx(
         evaluate_task(model, "lambada", files["lambada"], progress=False).metrics["perplexity"], rel=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -22,8 +23,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already name the default in [brackets] and
+    there is one to show: not for None, nor for on/off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or re.search(r"\[[^\]]*\]\s*$", text):
+            return text
+        return super()._get_help_string(action)
+
+
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in {"none", "off", "0"} else float(text)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed, version unknown)"
 
 
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
@@ -35,7 +56,7 @@ def add_train_parser(subparsers) -> None:
         description="Pre-train a GPT model. With no flags it runs the lecture: the 124M architecture at "
                     "context 256 on the-verdict.txt for 10 epochs, AdamW lr 4e-4, weight decay 0.1, batch 2, "
                     "evaluating every 5 steps on 5 batches, seed 123.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
     p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
@@ -133,7 +154,7 @@ def add_prepare_parser(subparsers) -> None:
                     "memory map. Inputs are files, folders and glob patterns of .txt, .md and .jsonl files; each "
                     "file (or JSON line) is a document, followed by <|endoftext|>. The corpus is streamed and "
                     "tokenized in parallel processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
     p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
@@ -170,7 +191,7 @@ def add_generate_parser(subparsers) -> None:
                     "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
                     "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
                     "nucleus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
     p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
@@ -192,7 +213,7 @@ def add_download_gpt2_parser(subparsers) -> None:
         description="Download config.json and model.safetensors of OpenAI's GPT-2 from the Hugging Face hub "
                     "(or $GPTRAIN_HF_ENDPOINT) into the cache, resuming a partial download and checking size "
                     "and sha256.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--size", default="124M", help="124M, 355M, 774M or 1558M (or gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     p.set_defaults(handler=run_download_gpt2)
@@ -229,7 +250,7 @@ def add_compare_parser(subparsers) -> None:
         "compare", help="continue a prompt with a random, a trained and a pretrained model",
         description="The lecture's before/after activity: the continuations of a randomly initialised model, "
                     "a trained checkpoint and pretrained weights, with the same prompt, seed and sampling.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
@@ -260,8 +281,9 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts [the context length]")
     p.add_argument("--batch-size", type=int, default=8, help="windows (with --task: examples) per forward pass [8]")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " [auto]")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16 [fp32]")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast precision; auto is bf16 on CUDA and on CPUs with native bf16, else fp32, as in "
+                        "train [auto]")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--task", default=None, metavar="TASK",
                    help="score a benchmark instead of a text: hellaswag, lambada or mc (multiple choice); --data is "
@@ -300,7 +322,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--model-name", default=None, help="the model id clients name [the checkpoint's folder name]")
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
-    p.add_argument("--max-tokens", type=int, default=None, help="cap on a request's max_tokens [the model's context]")
+    # --max-tokens, the old name, is train's token budget there: kept here as an alias.
+    p.add_argument("--max-request-tokens", "--max-tokens", dest="max_request_tokens", type=int, default=None,
+                   help="cap on a request's max_tokens (alias: --max-tokens) [the model's context]")
     p.add_argument("--max-n", type=int, default=8, help="cap on a request's n [8]")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body in bytes; 413 beyond [1 MiB]")
     p.add_argument("--shutdown-timeout", type=float, default=5.0,
@@ -317,7 +341,7 @@ def add_lab_parser(subparsers) -> None:
         description="The lecture's hands-on exercises on sampling and loss, with its numbers as defaults.",
     )
     labs = p.add_subparsers(title="labs", metavar="LAB", parser_class=Parser)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     t = labs.add_parser("temperature", help="softmax of logits at several temperatures", formatter_class=defaults,
                         description="Print softmax(logits / T) for each temperature T, as a table.")
@@ -332,7 +356,8 @@ def add_lab_parser(subparsers) -> None:
                         description="Draw --samples outcomes from a distribution with torch.multinomial and print "
                                     "how often each came up against its probability. The default is the lecture's "
                                     "weather: sunny 0.5, rainy 0.3, cloudy 0.2.")
-    m.add_argument("--probs", type=float, nargs="+", default=None, help="the distribution [0.5 0.3 0.2]")
+    m.add_argument("--probs", nargs="+", default=None, metavar="P",
+                   help="the distribution, by spaces or commas [0.5 0.3 0.2]")
     m.add_argument("--names", nargs="+", default=None, help="a name for each outcome [sunny rainy cloudy]")
     m.add_argument("--samples", type=int, default=1000, help="number of draws")
     m.add_argument("--seed", type=int, default=123, help="random seed (the same seed gives the same counts)")
@@ -345,8 +370,10 @@ def add_lab_parser(subparsers) -> None:
                                      "question P(mat)=0.1. Example: gptrain lab loss --probs 0.6,0.2,0.1,0.1 "
                                      "--probs 0.3,0.3,0.2,0.2 --target 0")
     rows = lo.add_mutually_exclusive_group()
-    rows.add_argument("--probs", action="append", metavar="P1,P2,...", help="a row of probabilities (repeat for a batch)")
-    rows.add_argument("--logits", action="append", metavar="L1,L2,...", help="a row of logits (repeat for a batch)")
+    rows.add_argument("--probs", action="append", nargs="+", metavar="P",
+                      help="a row of probabilities, by commas or spaces (repeat for a batch)")
+    rows.add_argument("--logits", action="append", nargs="+", metavar="L",
+                      help="a row of logits, by commas or spaces (repeat for a batch)")
     lo.add_argument("--target", action="append", help="index or name of the correct token: one per row, or one for all")
     lo.add_argument("--names", nargs="+", default=None, help="a name for each column [token 0, token 1, ...]")
     lo.set_defaults(handler=run_lab_loss)
@@ -373,7 +400,7 @@ def add_estimate_parser(subparsers) -> None:
                     "and run, wall time, device-hours, cost and energy on a table of GPUs (or this CPU), memory "
                     "per device and the largest micro-batch that fits, and the compute-optimal token count "
                     "(20 per parameter). See docs/economics.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", default="124M", help="model size: tiny, 124M, 355M, 774M, 1558M")
@@ -413,6 +440,7 @@ def add_estimate_parser(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gptrain", description="Pre-train GPT-2 style language models from scratch.")
+    parser.add_argument("--version", action="version", version=f"gptrain {package_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     add_prepare_parser(subparsers)
     add_train_parser(subparsers)
@@ -481,7 +509,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from gptrain.checkpoint import load_checkpoint
-    from gptrain.generate import check_sampling_args, stream_tokens, stream_text
+    from gptrain.generate import check_sampling_args, stream_tokens, stream_text, window_warning
     from gptrain.runtime import resolve_device
     from gptrain.tokenizer import get_tokenizer, text_to_token_ids
 
@@ -492,6 +520,9 @@ def run_generate(args: argparse.Namespace) -> int:
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
+    warning = window_warning(idx.shape[1], args.max_new_tokens, model.cfg.context_length)
+    if warning:
+        print(f"gptrain: warning: {warning}", file=sys.stderr, flush=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     started = time.perf_counter()
     tokens = stream_tokens(model, idx, args.max_new_tokens, model.cfg.context_length, temperature=args.temperature,
@@ -531,7 +562,7 @@ def run_lab_temperature(args: argparse.Namespace) -> int:
 def run_lab_multinomial(args: argparse.Namespace) -> int:
     from gptrain.lab import WEATHER_NAMES, WEATHER_PROBS, multinomial_table
 
-    probs = args.probs if args.probs is not None else WEATHER_PROBS
+    probs = _parse_row(" ".join(args.probs), "--probs") if args.probs is not None else WEATHER_PROBS
     names = args.names if args.names is not None or args.probs is not None else WEATHER_NAMES
     print(multinomial_table(probs, names, args.samples, args.seed))
     return 0
@@ -541,7 +572,8 @@ def _parse_row(text: str, flag: str) -> list[float]:
     try:
         return [float(value) for value in text.replace(" ", ",").split(",") if value]
     except ValueError:
-        raise GptrainError(f"{flag} {text!r} is not a comma-separated list of numbers (e.g. 0.6,0.2,0.1,0.1)") from None
+        raise GptrainError(f"{flag} {text!r} is not a comma-separated list of numbers, nor a space-separated one "
+                           "(e.g. 0.6,0.2,0.1,0.1)") from None
 
 
 def run_lab_loss(args: argparse.Namespace) -> int:
@@ -550,7 +582,7 @@ def run_lab_loss(args: argparse.Namespace) -> int:
     if args.probs is None and args.logits is None:
         rows, names, targets = MAT_PROBS, args.names or MAT_NAMES, args.target or ["mat"]
     else:
-        rows = [_parse_row(row, "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
+        rows = [_parse_row(" ".join(row), "--probs" if args.probs else "--logits") for row in args.probs or args.logits]
         names, targets = args.names, args.target
         if not targets:
             raise GptrainError("give --target: the index (or --names name) of the correct token, "
@@ -626,11 +658,18 @@ def run_compare(args: argparse.Namespace) -> int:
     import textwrap
 
     from gptrain.generate import check_sampling_args
-    from gptrain.pretrained import compare_continuations
+    from gptrain.pretrained import compare_continuations, download_gpt2, gpt2_size
     from gptrain.runtime import resolve_device
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    if pretrained is not None and gpt2_size(pretrained) and not os.path.exists(pretrained):
+        # --pretrained 124M is the default: one without network or cache must learn how to skip it.
+        try:
+            download_gpt2(pretrained)
+        except GptrainError as exc:
+            raise GptrainError(f"{exc}; or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER "
+                               "for a local copy)") from None
     rows = compare_continuations(args.prompt, checkpoint=args.checkpoint, pretrained=pretrained,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                  top_p=args.top_p, seed=args.seed, device=resolve_device(args.device),
@@ -651,18 +690,26 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.evaluate import check_window_args, evaluate_tokens, load_eval_model, load_eval_tokens
+    from gptrain.evaluate import (
+        check_eval_tokens,
+        check_window_args,
+        evaluate_tokens,
+        load_eval_model,
+        load_eval_tokens,
+    )
     from gptrain.runtime import resolve_device, resolve_precision
 
     if args.batch_size < 1:
         raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.task is not None or args.limit is not None:
         return run_eval_task(args)
+    # The data is checked before the model is loaded: a bad or empty text costs no waiting.
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    check_eval_tokens(len(tokens))
     device = resolve_device(args.device)
     model = load_eval_model(args.checkpoint, args.pretrained, device)
     context = model.cfg.context_length if args.context_length is None else args.context_length
     check_window_args(context, context if args.stride is None else args.stride, model.cfg.context_length)
-    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
     result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
                              batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
                              num_bytes=num_bytes)
@@ -722,7 +769,7 @@ def run_serve(args: argparse.Namespace) -> int:
     name = args.model_name or (Path(source).resolve().name if args.checkpoint else f"gpt2-{Path(source).name}")
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRAIN_API_KEY"),
                       model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
-                      max_tokens=args.max_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+                      max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
     device = resolve_device(args.device)
     serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)

@@ -7,6 +7,7 @@ model config accepts such a dict, a preset name or a :class:`GPTConfig` alike.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import tomllib
@@ -15,6 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gptrain.errors import GptrainError
+
+
+def describe_unknown(unknown: list[str], known: set[str]) -> tuple[str, bool]:
+    """``"epoch (did you mean epochs?), foo"`` and whether every unknown name had a close match."""
+    matches = {name: difflib.get_close_matches(name, sorted(known), n=1) for name in unknown}
+    text = ", ".join(f"{name} (did you mean {match[0]}?)" if match else name for name, match in matches.items())
+    return text, all(matches.values())
 
 
 @dataclass
@@ -59,9 +67,9 @@ class GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise GptrainError(
-                f"model config: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}"
-            )
+            text, all_matched = describe_unknown(unknown, known)
+            raise GptrainError(f"model config: unknown key(s) {text}"
+                               + ("" if all_matched else f"; known keys are {', '.join(sorted(known))}"))
         return cls(**values)
 
     def replace(self, **changes: Any) -> "GPTConfig":
@@ -301,9 +309,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise GptrainError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}"
-            )
+            text, all_matched = describe_unknown(unknown, known)
+            raise GptrainError(f"{source}: unknown setting(s) {text}" + (
+                "" if all_matched else "; the settings are gptrain train's flags with _ for - (see gptrain train --help)"))
         try:
             return cls(**values)
         except TypeError as exc:

@@ -80,15 +80,19 @@ def check_window_args(context_length: int, stride: int, model_context: int) -> N
                            f"windows would never be scored: use a stride between 1 and {context_length}")
 
 
+def check_eval_tokens(num_tokens: int) -> None:
+    if num_tokens < 2:
+        raise GptrainError(f"the text has {num_tokens} token(s): at least two are needed to score a prediction, "
+                           "give more text")
+
+
 def sliding_windows(num_tokens: int, context_length: int, stride: int) -> tuple[int, list[Window]]:
     """The window length (the context, or less for a short text) and the windows over ``num_tokens``.
 
     Predictions are for tokens 1 .. num_tokens - 1; each is scored in exactly one window.
     """
+    check_eval_tokens(num_tokens)
     predictions = num_tokens - 1
-    if predictions < 1:
-        raise GptrainError(f"the text has {num_tokens} token(s): at least two are needed to score a prediction, "
-                           "give more text")
     length = min(context_length, predictions)
     windows = [Window(0, 0)]
     scored_through = length  # the last token scored so far

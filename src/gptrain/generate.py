@@ -37,6 +37,20 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
         raise GptrainError(f"top_p must be in (0, 1] (1 keeps every token, None disables it), not {top_p}")
 
 
+def window_warning(prompt_tokens: int, max_new_tokens: int, context_length: int) -> str | None:
+    """What the CLI says when a prompt, or prompt plus new tokens, does not fit the model's window
+    (the Python functions crop silently, as the book's generate does); None when it fits."""
+    if prompt_tokens > context_length:
+        return (f"the prompt has {prompt_tokens} tokens but the model's context is {context_length}: its first "
+                f"{prompt_tokens - context_length} tokens are dropped, and generation past the window slides it "
+                f"(the model sees only the last {context_length} tokens, recomputed at every step)")
+    if prompt_tokens + max_new_tokens > context_length:
+        return (f"the prompt ({prompt_tokens} tokens) and {max_new_tokens} new tokens exceed the model's context of "
+                f"{context_length}: no prompt token is dropped, but once the window is full generation slides it "
+                f" (the model sees only the last {context_length} tokens, recomputed at every step)")
+    return None
+
+
 def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero all but the most likely tokens whose probabilities add up to at least ``top_p``.
 

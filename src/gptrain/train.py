@@ -46,6 +46,7 @@ from gptrain.lora import ADAPTER_FILE, PEFT_DIR, add_lora, export_peft_adapter, 
 from gptrain.metrics import MetricsLog, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir
+from gptrain.pace import Pace
 from gptrain.parallel import (
     accumulate_without_sync,
     check_launch,
@@ -129,7 +130,10 @@ def train_model_simple(model: nn.Module, train_loader, val_loader, optimizer: to
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | Path = "loss.png",
                 log_scale: bool = False) -> Path:
-    """Save the book's plot: train and validation loss against epochs, tokens seen on a second x-axis."""
+    """Save the book's plot: train and validation loss against epochs, tokens seen on a second x-axis.
+
+    A single evaluation is drawn as points (a line needs two) on axes with fewer ticks, whose
+    labels would otherwise crowd a range matplotlib widens around one value."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window, works without a display
@@ -137,17 +141,21 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     from matplotlib.ticker import MaxNLocator
 
     epochs_seen = [float(e) for e in epochs_seen]
+    single = len(epochs_seen) == 1
+    marker = "o" if single else None
     fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_losses, label="Training loss")
-    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.plot(epochs_seen, train_losses, marker=marker, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", marker=marker, label="Validation loss")
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel("Loss")
     if log_scale:
         ax1.set_yscale("log")
     ax1.legend(loc="upper right")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.xaxis.set_major_locator(MaxNLocator(nbins=3 if single else "auto", integer=True))
     ax2 = ax1.twiny()
     ax2.plot(list(tokens_seen), train_losses, alpha=0)  # invisible: only aligns the token ticks
+    if single:
+        ax2.xaxis.set_major_locator(MaxNLocator(nbins=3))
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     path = Path(path)
@@ -254,6 +262,7 @@ class Run:
     log: MetricsLog | None = None
     data_sha256: str | None = None  # of the train and val tokens: a resumed run must see the same
     best: PendingBest = dataclasses.field(default_factory=PendingBest)
+    pace: Pace | None = None  # speed and ETA on the evaluation lines, when no progress bar shows them
 
     @property
     def global_batch(self) -> int:
@@ -595,7 +604,8 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
                   train_loss=train_loss, val_loss=val_loss, lr=run.optimizer.param_groups[0]["lr"],
                   elapsed_s=round(time.perf_counter() - started, 3), **({"initial": True} if initial else {}))
     label = "Initial, before training" if initial else f"Ep {epoch_label} (Step {global_step:06d})"
-    run.echo(f"{label}: Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+    pace = "" if initial or run.pace is None else run.pace(state["step"], state["tokens_seen"])
+    run.echo(f"{label}: Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{pace}")
     if val_loss < state["best_val_loss"]:
         state.update(best_val_loss=val_loss, best_step=global_step, evals_since_best=0, overfitting_warned=False)
         run.best.keep(model_to_save(run), {"step": state["step"], "tokens_seen": state["tokens_seen"],
@@ -671,6 +681,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     stopped_by, early_stopped = None, False
     progress = tqdm(total=run.total_steps, initial=state["step"], desc="train", unit="step",
                     disable=None if main else True, leave=False)
+    if progress.disable or not sys.stdout.isatty():
+        run.pace = Pace(run.total_steps, state["step"], state["tokens_seen"], started)
     step_seconds = 0.0  # training time since the last train record: evaluations and samples excluded
     peak = peak_flops(run.device, cfg.precision)
     per_token = flops_per_token(run.raw_model)
