@@ -166,6 +166,11 @@ def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: 
             stats.documents["val" if val else "train"] += 1
 
 
+def input_bytes(paths: list[Path]) -> int | None:
+    """The corpus's size on disk, for progress; None when compression hides how much text it holds."""
+    return None if any(p.name.lower().endswith((".gz", ".zst")) for p in paths) else sum(p.stat().st_size for p in paths)
+
+
 def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
     """Group small documents so each work item carries about BLOCK_CHARS of text."""
     batch, size = [], 0
@@ -227,7 +232,7 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
     counts = {"train": 0, "val": 0}
     started = time.perf_counter()
     with staged_dir(out) as tmp:
-        total_bytes = sum(p.stat().st_size for p in paths)
+        total_bytes = input_bytes(paths)
         with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file, tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None
         ) as progress:
