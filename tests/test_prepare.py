@@ -90,11 +90,12 @@ def test_custom_text_field_and_globs(tmp_path):
 
 @pytest.mark.parametrize("setup,args,message", [
     (lambda p: (p / "empty.txt").write_text(""), ["empty.txt"], "hold no text"),
-    (lambda p: (p / "docs").mkdir(), ["docs"], "holds no .txt, .md or .jsonl files"),
+    (lambda p: (p / "docs").mkdir(), ["docs"], "holds no .txt, .md, .jsonl"),
     (lambda p: None, ["*.nothing"], "matches no files"),
     (lambda p: None, ["missing.txt"], "does not exist"),
     (lambda p: (p / "bin.txt").write_bytes(b"ok \xff\xfe"), ["bin.txt"], "is not UTF-8 text"),
-    (lambda p: (p / "data.csv").write_text("a,b"), ["data.csv"], "is not a .txt, .md or .jsonl file"),
+    (lambda p: (p / "data.xlsx").write_text("a,b"), ["data.xlsx"], "is not a .txt, .md, .jsonl, .jsonl.gz"),
+    (lambda p: (p / "data.csv").write_text("a,b"), ["data.csv"], "has no column 'text' (its columns: a, b)"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, setup, args, message):
     monkeypatch.chdir(tmp_path)

@@ -130,16 +130,17 @@ def add_prepare_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
         description="Tokenize text into uint16 token files that `gptrain train --data DIR` reads through a "
-                    "memory map. Inputs are files, folders and glob patterns of .txt, .md and .jsonl files; each "
-                    "file (or JSON line) is a document, followed by <|endoftext|>. The corpus is streamed and "
-                    "tokenized in parallel processes.",
+                    "memory map. Inputs are files, folders and glob patterns of .txt and .md files, JSON lines "
+                    "(.jsonl, .jsonl.gz, .jsonl.zst), .csv, .parquet and .arrow files, and folders written by "
+                    "datasets' save_to_disk; each text file (or record) is a document, followed by "
+                    "<|endoftext|>. The corpus is streamed and tokenized in parallel processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
     p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
-    p.add_argument("--text-field", default="text", help="the field of each .jsonl record that holds the text")
-    p.add_argument("--strict", action="store_true", help="stop at a bad .jsonl line instead of skipping it")
+    p.add_argument("--text-field", default="text", help="the field or column of records that holds the text")
+    p.add_argument("--strict", action="store_true", help="stop at a bad record instead of skipping it")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes [all cores]")
     p.add_argument("--seed", type=int, default=123, help="seed of the document split")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared folder already in --out")
@@ -500,7 +501,7 @@ def run_prepare(args: argparse.Namespace) -> int:
           f"{meta['val_tokens']:,} val tokens ({documents['val']:,} documents, split by {meta['split']}) "
           f"at {meta['tokens_per_second']:,} tokens/s")
     if meta["skipped_lines"]:
-        print(f"Skipped {meta['skipped_lines']:,} bad .jsonl line(s), the first: {meta['first_skipped']}",
+        print(f"Skipped {meta['skipped_lines']:,} bad record(s), the first: {meta['first_skipped']}",
               file=sys.stderr)
     return 0
 

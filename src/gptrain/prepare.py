@@ -1,4 +1,4 @@
-"""Corpus to shards: tokenize text files and JSON lines into ``train.bin`` / ``val.bin``.
+"""Corpus to shards: tokenize text files and records into ``train.bin`` / ``val.bin``.
 
 The corpus is streamed: files are read in blocks, tokenized in worker processes a few blocks
 at a time, and written in order, so memory does not grow with the corpus. Every document
@@ -28,10 +28,10 @@ from gptrain.checkpoint import staged_dir, write_json_atomic
 from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
+from gptrain.readers import (DATASET_STATE, SUFFIX_LIST, TABLE_READERS, dataset_files, decompression_errors,
+                             input_kind, is_compressed, open_binary, reject)
 from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
-TEXT_SUFFIXES = {".txt", ".md"}
-JSONL_SUFFIX = ".jsonl"
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
 
@@ -60,15 +60,16 @@ def find_inputs(inputs: list[str]) -> list[Path]:
         if not matches:
             raise GptrainError(f"the pattern {item} matches no files: check it (quote it to stop the shell expanding it)")
         for path in matches:
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*")
-                               if p.is_file() and p.suffix in TEXT_SUFFIXES | {JSONL_SUFFIX})
+            if path.is_dir() and (path / DATASET_STATE).is_file():
+                found.extend(dataset_files(path))
+            elif path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and input_kind(p))
                 if not files:
-                    raise GptrainError(f"folder {path} holds no .txt, .md or .jsonl files: point gptrain prepare at text")
+                    raise GptrainError(f"folder {path} holds no {SUFFIX_LIST} files: point gptrain prepare at text")
                 found.extend(files)
             elif path.is_file():
-                if path.suffix not in TEXT_SUFFIXES | {JSONL_SUFFIX}:
-                    raise GptrainError(f"{path} is not a .txt, .md or .jsonl file: convert it, or leave it out")
+                if not input_kind(path):
+                    raise GptrainError(f"{path} is not a {SUFFIX_LIST} file: convert it, or leave it out")
                 found.append(path)
             else:
                 raise GptrainError(f"input {path} does not exist: check the path")
@@ -119,7 +120,14 @@ def read_text_document(path: Path, stats: Stats) -> Iterator[str]:
 
 
 def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
-    with open(path, "rb") as f:
+    try:
+        yield from _jsonl_documents(path, text_field, strict, stats)
+    except decompression_errors() as exc:
+        raise GptrainError(f"{path} cannot be decompressed ({exc}): compress it again, or leave it out") from None
+
+
+def _jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
+    with open_binary(path) as f:
         for line_number, raw in enumerate(f, start=1):
             stats.bytes_read += len(raw)
             if not raw.strip():
@@ -135,11 +143,7 @@ def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats
                 elif not isinstance(record[text_field], str):
                     problem = f"has a {text_field!r} field that is not a string"
             if problem:
-                where = f"{path}:{line_number}"
-                if strict:
-                    raise GptrainError(f"line {where} {problem}: fix it, or drop --strict to skip such lines")
-                stats.skipped_lines += 1
-                stats.first_skipped = stats.first_skipped or f"{where} {problem}"
+                reject(stats, f"{path}:{line_number}", problem, strict)
                 continue
             yield record[text_field]
 
@@ -148,10 +152,12 @@ def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: 
                 stats: Stats) -> Iterator[Piece]:
     ordinal = 0
     for path in paths:
-        if path.suffix == JSONL_SUFFIX:
-            documents = ([doc] for doc in read_jsonl_documents(path, text_field, strict, stats))
-        else:
+        kind = input_kind(path)
+        if kind == "text":
             documents = iter([read_text_document(path, stats)])
+        else:
+            read = read_jsonl_documents if kind == "jsonl" else TABLE_READERS[kind]
+            documents = ([doc] for doc in read(path, text_field, strict, stats))
         for blocks in documents:
             val = goes_to_val(ordinal, val_fraction, seed)
             ordinal += 1
@@ -168,7 +174,7 @@ def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: 
 
 def input_bytes(paths: list[Path]) -> int | None:
     """The corpus's size on disk, for progress; None when compression hides how much text it holds."""
-    return None if any(p.name.lower().endswith((".gz", ".zst")) for p in paths) else sum(p.stat().st_size for p in paths)
+    return None if any(is_compressed(p) for p in paths) else sum(p.stat().st_size for p in paths)
 
 
 def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
