@@ -1,12 +1,16 @@
+import hashlib
 import json
 
+import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from gptrain import prepare as prepare_module
 from gptrain.bpe_training import new_tokenizer, train_tokenizer
 from gptrain.cli import main
-from gptrain.tokenizer import END_OF_TEXT, get_tokenizer
+from gptrain.prepare import prepare
+from gptrain.tokenizer import END_OF_TEXT, TABLE_SHA256, bytes_to_unicode, get_tokenizer
 from gptrain.trained_tokenizer import TrainedTokenizer, load_tokenizer
 
 TEXTS = ["It had always been his fate to have women say such things of him.\n\n  Indented, 12345 dogs!",
@@ -106,3 +110,57 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, verdict_
 def test_refuses_to_overwrite_a_tokenizer_without_the_flag(trained, verdict_path):
     with pytest.raises(ValueError, match="pass --overwrite"):
         train_tokenizer([str(verdict_path)], trained, 600)
+
+
+def test_prepare_with_a_trained_tokenizer_records_its_hash(trained, verdict_path, tmp_path):
+    meta = prepare([str(verdict_path)], tmp_path / "out", workers=2, tokenizer=str(trained))
+    ours = load_tokenizer(trained)
+    assert meta["tokenizer"] == {"name": str(trained.resolve()),
+                                 "sha256": hashlib.sha256((trained / "tokenizer.json").read_bytes()).hexdigest()}
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 600 and meta["eot_token"] == ours.eot_token
+    tokens = np.concatenate([np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert tokens.tolist() == ours.encode_ordinary(verdict_path.read_text(encoding="utf-8")) + [ours.eot_token]
+
+
+def test_prepare_keeps_gpt2_by_default(verdict_path, tmp_path):
+    meta = prepare([str(verdict_path)], tmp_path / "out", workers=1)
+    assert meta["tokenizer"] == {"name": "gpt2", "sha256": TABLE_SHA256}
+    assert meta["dtype"] == "uint16" and meta["train_tokens"] + meta["val_tokens"] == 5145 + 1
+
+
+def big_vocabulary_tokenizer(folder, size=70_000):
+    """Bytes, filler tokens that no text produces, and <|endoftext|> at id 70,000: beyond uint16."""
+    alphabet = bytes_to_unicode()
+    vocab = {alphabet[b]: b for b in range(min(size, 256))}
+    vocab.update({f"Ġ{i}x": i for i in range(256, size)})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([END_OF_TEXT])
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
+def test_a_vocabulary_beyond_65536_writes_uint32_shards(tmp_path):
+    big_vocabulary_tokenizer(tmp_path / "big")
+    (tmp_path / "a.txt").write_text("héllo", encoding="utf-8")
+    meta = prepare([str(tmp_path / "a.txt")], tmp_path / "out", workers=1, val_fraction=0.0,
+                   tokenizer=str(tmp_path / "big"))
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001 and meta["eot_token"] == 70_000
+    tokens = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint32)
+    assert tokens.tolist() == [*"héllo".encode("utf-8"), 70_000]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: (p / "tok").mkdir(), "tokenizer folder tok has no tokenizer.json"),
+    (lambda p: big_vocabulary_tokenizer(p / "tok", size=200), "has 201 tokens, fewer than 256 bytes"),
+    (lambda p: None, "--tokenizer tok is neither gpt2 nor a folder"),
+])
+def test_prepare_refuses_a_bad_tokenizer_in_one_line(tmp_path, monkeypatch, capsys, make, message):
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    (tmp_path / "a.txt").write_text("some text", encoding="utf-8")
+    assert main(["prepare", "a.txt", "--out", "out", "--tokenizer", "tok", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()

@@ -129,7 +129,7 @@ def add_train_parser(subparsers) -> None:
 def add_prepare_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
-        description="Tokenize text into uint16 token files that `gptrain train --data DIR` reads through a "
+        description="Tokenize text into uint16 token files (uint32 for vocabularies over 65,536) that `gptrain train --data DIR` reads through a "
                     "memory map. Inputs are files, folders and glob patterns of .txt and .md files, JSON lines "
                     "(.jsonl, .jsonl.gz, .jsonl.zst), .csv, .parquet and .arrow files, and folders written by "
                     "datasets' save_to_disk; each text file (or record) is a document, followed by "
@@ -144,6 +144,8 @@ def add_prepare_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes [all cores]")
     p.add_argument("--seed", type=int, default=123, help="seed of the document split")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared folder already in --out")
+    p.add_argument("--tokenizer", default="gpt2", metavar="DIR|gpt2",
+                   help="GPT-2's BPE, or a folder written by gptrain tokenizer train")
     p.set_defaults(handler=run_prepare)
 
 
@@ -495,7 +497,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise GptrainError(f"--workers must be at least 1, not {args.workers}")
     meta = prepare(args.inputs, args.out, val_fraction=args.val_fraction, text_field=args.text_field,
-                   strict=args.strict, workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+                   strict=args.strict, workers=args.workers, seed=args.seed, overwrite=args.overwrite,
+                   tokenizer=args.tokenizer)
     documents = meta["documents"]
     print(f"Wrote {args.out}: {meta['train_tokens']:,} train tokens ({documents['train']:,} documents), "
           f"{meta['val_tokens']:,} val tokens ({documents['val']:,} documents, split by {meta['split']}) "

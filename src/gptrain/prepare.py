@@ -10,6 +10,7 @@ built under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import hashlib
 import json
@@ -25,12 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from gptrain.checkpoint import staged_dir, write_json_atomic
-from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
+from gptrain.data import SHARD_FORMAT, shard_dtype
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
 from gptrain.readers import (DATASET_STATE, SUFFIX_LIST, TABLE_READERS, dataset_files, decompression_errors,
                              input_kind, is_compressed, open_binary, reject)
-from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
+from gptrain.tokenizer import TOKENIZER_NAME
+from gptrain.trained_tokenizer import load_tokenizer, tokenizer_identity
 
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
@@ -190,14 +192,14 @@ def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
         yield batch
 
 
-def encode_batch(batch: list[Piece]) -> list[tuple[bool, bytes]]:
-    tokenizer = get_tokenizer()
+def encode_batch(tokenizer_spec: str, dtype: str, batch: list[Piece]) -> list[tuple[bool, bytes]]:
+    tokenizer = load_tokenizer(tokenizer_spec)  # cached: built once per process
     out = []
     for piece in batch:
         ids = tokenizer.encode_ordinary(piece.text)
         if piece.last:
-            ids.append(END_OF_TEXT_ID)
-        out.append((piece.val, np.array(ids, dtype=SHARD_DTYPE).tobytes()))
+            ids.append(tokenizer.eot_token)
+        out.append((piece.val, np.array(ids, dtype=dtype).tobytes()))
     return out
 
 
@@ -210,7 +212,6 @@ def ordered_map(func, items: Iterator, workers: int) -> Iterator:
     if workers <= 1:
         yield from map(func, items)
         return
-    get_tokenizer()  # build it once here; forked workers inherit it
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with context.Pool(workers) as pool:
         pending: collections.deque = collections.deque()
@@ -224,8 +225,11 @@ def ordered_map(func, items: Iterator, workers: int) -> Iterator:
 
 def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, text_field: str = "text",
             strict: bool = False, workers: int | None = None, seed: int = 123,
-            overwrite: bool = False) -> dict:
-    """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta."""
+            overwrite: bool = False, tokenizer: str = TOKENIZER_NAME) -> dict:
+    """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta.
+
+    ``tokenizer`` is ``"gpt2"`` or a folder written by ``gptrain tokenizer train``.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise GptrainError(f"--val-fraction must be in [0, 1), not {val_fraction}")
     out = check_output_dir(out)
@@ -233,6 +237,10 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
         raise GptrainError(f"{out} is not empty: {hint}")
     paths = find_inputs(inputs)
+    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early).
+    encoder = load_tokenizer(tokenizer)
+    dtype = shard_dtype(encoder.n_vocab)
+    encode = functools.partial(encode_batch, tokenizer, np.dtype(dtype).name)
     workers = workers or os.cpu_count() or 1
     stats = Stats()
     counts = {"train": 0, "val": 0}
@@ -243,10 +251,10 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
             total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None
         ) as progress:
             pieces = iter_pieces(paths, text_field, strict, val_fraction, seed, stats)
-            for encoded in ordered_map(encode_batch, batch_pieces(pieces), workers):
+            for encoded in ordered_map(encode, batch_pieces(pieces), workers):
                 for val, data in encoded:
                     (val_file if val else train_file).write(data)
-                    counts["val" if val else "train"] += len(data) // SHARD_DTYPE().itemsize
+                    counts["val" if val else "train"] += len(data) // np.dtype(dtype).itemsize
                 progress.update(stats.bytes_read - progress.n)
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 progress.set_postfix(tokens=f"{sum(counts.values()):,}", tok_s=f"{sum(counts.values()) / elapsed:,.0f}")
@@ -255,16 +263,16 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         split = "document"
         if val_fraction > 0 and (counts["val"] == 0 or counts["train"] == 0):
             # Too few documents to split by document: validate on the last tokens, as the book does.
-            counts = tail_split(tmp, counts, val_fraction)
+            counts = tail_split(tmp, counts, val_fraction, dtype)
             split = "tail"
         elapsed = time.perf_counter() - started
         meta = {
             "format": SHARD_FORMAT,
             "format_version": 1,
-            "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
-            "dtype": np.dtype(SHARD_DTYPE).name,
-            "vocab_size": VOCAB_SIZE,
-            "eot_token": END_OF_TEXT_ID,
+            "tokenizer": tokenizer_identity(encoder),
+            "dtype": np.dtype(dtype).name,
+            "vocab_size": encoder.n_vocab,
+            "eot_token": encoder.eot_token,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
             "documents": stats.documents,
@@ -281,7 +289,7 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
     return meta
 
 
-def tail_split(folder: Path, counts: dict[str, int], val_fraction: float) -> dict[str, int]:
+def tail_split(folder: Path, counts: dict[str, int], val_fraction: float, dtype) -> dict[str, int]:
     """Move the last ``val_fraction`` of the tokens into val.bin, streaming, when the documents
     were too few to split (all of them landed in one file)."""
     train_path, val_path = folder / "train.bin", folder / "val.bin"
@@ -289,7 +297,7 @@ def tail_split(folder: Path, counts: dict[str, int], val_fraction: float) -> dic
         os.replace(val_path, train_path)
     total = counts["train"] + counts["val"]
     cut = total - max(1, int(total * val_fraction))
-    itemsize = np.dtype(SHARD_DTYPE).itemsize
+    itemsize = np.dtype(dtype).itemsize
     with open(train_path, "r+b") as source, open(val_path, "wb") as target:
         source.seek(cut * itemsize)
         shutil.copyfileobj(source, target, 1 << 24)
