@@ -83,6 +83,15 @@ def test_null_texts_are_skipped_and_counted(tmp_path):
     meta = prepare([str(tmp_path / "n.parquet")], tmp_path / "out", workers=1, val_fraction=0.0)
     assert meta["documents"]["train"] == 2 and meta["skipped_lines"] == 1
     assert "n.parquet row 2 has no 'text' value" in meta["first_skipped"]
+    with pytest.raises(ValueError, match=r"n.parquet row 2 has no 'text' value: fix it, or drop --strict"):
+        prepare([str(tmp_path / "n.parquet")], tmp_path / "strict", workers=1, strict=True)
+
+
+def test_csv_rows_without_the_column_are_skipped_and_counted(tmp_path):
+    (tmp_path / "c.csv").write_text("id,text\n1,one\n2\n\n3,three\n", encoding="utf-8")
+    meta = prepare([str(tmp_path / "c.csv")], tmp_path / "out", workers=1, val_fraction=0.0)
+    assert meta["documents"]["train"] == 2 and meta["skipped_lines"] == 1
+    assert meta["first_skipped"].endswith("c.csv:3 has no 'text' value")
 
 
 @pytest.mark.parametrize("name, content, message", [

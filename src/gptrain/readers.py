@@ -57,7 +57,7 @@ def is_compressed(path: Path) -> bool:
 def reject(stats: ReadStats, where: str, problem: str, strict: bool) -> None:
     """Count a record that holds no usable text, or stop on it with --strict."""
     if strict:
-        raise GptrainError(f"line {where} {problem}: fix it, or drop --strict to skip such lines")
+        raise GptrainError(f"{where} {problem}: fix it, or drop --strict to skip such records")
     stats.skipped_lines += 1
     stats.first_skipped = stats.first_skipped or f"{where} {problem}"
 
@@ -79,6 +79,7 @@ def open_binary(path: Path) -> IO[bytes]:
 
 
 def decompression_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged .gz or .zst raises; zstandard's only if it is installed (it is optional)."""
     errors: list[type[BaseException]] = [gzip.BadGzipFile, EOFError]
     zstandard = sys.modules.get("zstandard")
     if zstandard is not None:
@@ -96,8 +97,7 @@ def _pyarrow(path: Path):
     return pyarrow
 
 
-def _check_column(path: Path, schema, text_field: str) -> None:
-    pa = sys.modules["pyarrow"]
+def _check_column(pa, path: Path, schema, text_field: str) -> None:
     if text_field not in schema.names:
         raise GptrainError(f"{path} has no column {text_field!r} (its columns: {', '.join(schema.names)}): "
                            "name the text column with --text-field")
@@ -125,7 +125,7 @@ def read_parquet_documents(path: Path, text_field: str, strict: bool, stats: Rea
     pa = _pyarrow(path)
     try:
         parquet = pa.parquet.ParquetFile(path, memory_map=True)
-        _check_column(path, parquet.schema_arrow, text_field)
+        _check_column(pa, path, parquet.schema_arrow, text_field)
         batches = (parquet.read_row_group(i, columns=[text_field]) for i in range(parquet.num_row_groups))
         yield from _column_documents(path, batches, parquet.metadata.num_rows, text_field, strict, stats)
     except pa.ArrowException as exc:
@@ -149,7 +149,7 @@ def read_arrow_documents(path: Path, text_field: str, strict: bool, stats: ReadS
                 total_rows = sum(batch.num_rows for batch in reader)
                 source.seek(0)
                 batches = pa.ipc.open_stream(source)
-            _check_column(path, reader.schema, text_field)
+            _check_column(pa, path, reader.schema, text_field)
             yield from _column_documents(path, batches, total_rows, text_field, strict, stats)
     except pa.ArrowException as exc:
         raise GptrainError(f"{path} is not a readable Arrow file ({str(exc).splitlines()[0]}): "
