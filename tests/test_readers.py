@@ -1,6 +1,7 @@
 import csv
 import gzip
 import json
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +11,8 @@ import zstandard
 from datasets import Dataset
 
 from gptrain.cli import main
-from gptrain.prepare import prepare
+from gptrain.prepare import Stats, prepare
+from gptrain.readers import read_parquet_documents
 
 # Twenty documents with what breaks naive readers: quotes, commas, newlines, \r\n, non-ASCII.
 TEXTS = [f'Document {i}: "quoted", commas, and a line\nbreak.\r\nÜmlaut {i * 7} 日本 🙂' + " tail" * i
@@ -118,3 +120,23 @@ def test_a_folder_mixes_formats_in_name_order(tmp_path):
     meta = prepare([str(tmp_path / "corpus")], tmp_path / "out", workers=1, val_fraction=0.0)
     assert meta["documents"]["train"] == 3
     assert [p.rsplit("/", 1)[-1] for p in meta["sources"]] == ["a.txt", "b.parquet"]
+
+
+@pytest.mark.parametrize("module, name", [("zstandard", "c.jsonl.zst"), ("pyarrow", "c.parquet")])
+def test_a_missing_optional_package_is_one_line(tmp_path, monkeypatch, capsys, module, name):
+    write_all_formats(tmp_path, TEXTS[:2])
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` sees when the package is not installed
+    assert main(["prepare", str(tmp_path / name), "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"needs {module}: pip install 'gptrain[formats]'" in err[0]
+
+
+def test_parquet_is_read_one_row_group_at_a_time(tmp_path):
+    pq.write_table(pa.table({"text": TEXTS}), tmp_path / "c.parquet", row_group_size=5)
+    stats = Stats()
+    documents = read_parquet_documents(tmp_path / "c.parquet", "text", False, stats)
+    assert [next(documents) for _ in range(5)] == TEXTS[:5]
+    # After the first of four row groups, a quarter of the file counts as read, not all of it.
+    assert stats.bytes_read == (tmp_path / "c.parquet").stat().st_size * 5 // 20
+    assert list(documents) == TEXTS[5:]

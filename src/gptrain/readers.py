@@ -110,15 +110,16 @@ def _check_column(pa, path: Path, schema, text_field: str) -> None:
 def _column_documents(path: Path, batches, total_rows: int, text_field: str, strict: bool,
                       stats: ReadStats) -> Iterator[str]:
     """The texts of one column over record batches; progress advances by the share of rows read."""
-    size, start, row = path.stat().st_size, stats.bytes_read, 0
+    size, start, rows_read = path.stat().st_size, stats.bytes_read, 0
     for batch in batches:
-        for text in batch.column(text_field).to_pylist():
-            row += 1
+        texts = batch.column(text_field).to_pylist()
+        row, rows_read = rows_read, rows_read + len(texts)
+        stats.bytes_read = start + size * rows_read // max(total_rows, 1)
+        for row, text in enumerate(texts, start=row + 1):
             if text is None:
                 reject(stats, f"{path} row {row}", f"has no {text_field!r} value", strict)
                 continue
             yield text
-        stats.bytes_read = start + size * row // max(total_rows, 1)
 
 
 def read_parquet_documents(path: Path, text_field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
