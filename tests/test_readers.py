@@ -80,6 +80,17 @@ def test_a_column_that_is_not_text_says_so(tmp_path, capsys, name):
     assert len(err) == 1 and "column 'id'" in err[0] and "holds int64, not text (its columns: id, text)" in err[0]
 
 
+def test_large_and_dictionary_encoded_strings_are_text(tmp_path):
+    pq.write_table(pa.table({"text": pa.array(TEXTS[:3]).dictionary_encode()}), tmp_path / "d.parquet")
+    pq.write_table(pa.table({"text": pa.array(TEXTS[:3], type=pa.large_string())}), tmp_path / "l.parquet")
+    write_jsonl(tmp_path / "j.jsonl", [{"text": t} for t in TEXTS[:3]])
+    shards = set()
+    for name in ("d.parquet", "l.parquet", "j.jsonl"):
+        prepare([str(tmp_path / name)], tmp_path / f"out-{name}", workers=1)
+        shards.add(shard_bytes(tmp_path / f"out-{name}"))
+    assert len(shards) == 1
+
+
 def test_null_texts_are_skipped_and_counted(tmp_path):
     pq.write_table(pa.table({"text": ["one", None, "three"]}), tmp_path / "n.parquet")
     meta = prepare([str(tmp_path / "n.parquet")], tmp_path / "out", workers=1, val_fraction=0.0)

@@ -102,7 +102,8 @@ def _check_column(pa, path: Path, schema, text_field: str) -> None:
         raise GptrainError(f"{path} has no column {text_field!r} (its columns: {', '.join(schema.names)}): "
                            "name the text column with --text-field")
     kind = schema.field(text_field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind  # pandas' categoricals
+    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or pa.types.is_string_view(values)):
         raise GptrainError(f"column {text_field!r} of {path} holds {kind}, not text (its columns: "
                            f"{', '.join(schema.names)}): name the text column with --text-field")
 
