@@ -24,7 +24,7 @@ from gptrain.checkpoint import staged_dir, write_json_atomic
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
 from gptrain.prepare import BLOCK_CHARS, Stats, batch_pieces, find_inputs, input_bytes, iter_pieces
-from gptrain.tokenizer import END_OF_TEXT, GPT2_PATTERN
+from gptrain.tokenizer import END_OF_TEXT
 from gptrain.trained_tokenizer import BYTE_ALPHABET, TOKENIZER_FILE, AnyTokenizer, TrainedTokenizer, load_tokenizer
 
 # GPT-4's split (tiktoken's cl100k_base), in the form Hugging Face's tiktoken converter writes.
