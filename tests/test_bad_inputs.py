@@ -88,8 +88,8 @@ CASES = [
     # prepare
     (["prepare", "{root}/missing.txt", "--out", "{root}/p"], "does not exist"),
     (["prepare", "{root}/nomatch*.txt", "--out", "{root}/p"], "matches no files"),
-    (["prepare", "{root}/no-text", "--out", "{root}/p"], "holds no .txt, .md or .jsonl files"),
-    (["prepare", "{root}/doc.pdf", "--out", "{root}/p"], "is not a .txt, .md or .jsonl file"),
+    (["prepare", "{root}/no-text", "--out", "{root}/p"], "holds no .txt, .md, .jsonl"),
+    (["prepare", "{root}/doc.pdf", "--out", "{root}/p"], "is not a .txt, .md, .jsonl"),
     (["prepare", "{root}/binary.txt", "--out", "{root}/p"], "is not UTF-8 text"),
     (["prepare", "{root}/short.txt", "--out", "{root}/full"], "is not empty"),
     (["prepare", "{root}/short.txt", "--out", "{root}/file.txt"], "is a file, not a folder"),

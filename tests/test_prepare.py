@@ -74,7 +74,7 @@ def test_jsonl_bad_lines_are_skipped_and_counted_or_fatal_with_strict(tmp_path):
     meta = prepare([str(tmp_path / "c.jsonl")], tmp_path / "out", val_fraction=0.0, workers=1)
     assert meta["skipped_lines"] == 3 and meta["first_skipped"].endswith("c.jsonl:2 is not JSON")
     assert meta["documents"]["train"] == 2
-    with pytest.raises(ValueError, match=r"line .*c.jsonl:2 is not JSON"):
+    with pytest.raises(ValueError, match=r"c.jsonl:2 is not JSON: fix it, or drop --strict"):
         prepare([str(tmp_path / "c.jsonl")], tmp_path / "strict", strict=True, workers=1)
     assert not (tmp_path / "strict").exists()
 
@@ -90,11 +90,12 @@ def test_custom_text_field_and_globs(tmp_path):
 
 @pytest.mark.parametrize("setup,args,message", [
     (lambda p: (p / "empty.txt").write_text(""), ["empty.txt"], "hold no text"),
-    (lambda p: (p / "docs").mkdir(), ["docs"], "holds no .txt, .md or .jsonl files"),
+    (lambda p: (p / "docs").mkdir(), ["docs"], "holds no .txt, .md, .jsonl"),
     (lambda p: None, ["*.nothing"], "matches no files"),
     (lambda p: None, ["missing.txt"], "does not exist"),
     (lambda p: (p / "bin.txt").write_bytes(b"ok \xff\xfe"), ["bin.txt"], "is not UTF-8 text"),
-    (lambda p: (p / "data.csv").write_text("a,b"), ["data.csv"], "is not a .txt, .md or .jsonl file"),
+    (lambda p: (p / "data.xlsx").write_text("a,b"), ["data.xlsx"], "is not a .txt, .md, .jsonl, .jsonl.gz"),
+    (lambda p: (p / "data.csv").write_text("a,b"), ["data.csv"], "has no column 'text' (its columns: a, b)"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, setup, args, message):
     monkeypatch.chdir(tmp_path)

@@ -1,5 +1,5 @@
 """The ``gptrain`` command line: ``prepare``, ``train``, ``generate``, ``lab``, ``eval``, ``report``, ``serve``,
-and GPT-2's ``download-gpt2``, ``export``, ``info`` and ``compare``.
+``tokenizer`` (train, info, compare), and GPT-2's ``download-gpt2``, ``export``, ``info`` and ``compare``.
 
 Settings come from the defaults (the lecture's run), then a ``--config`` file (TOML or JSON),
 then the flags. A bad input prints one line naming the problem and the fix and exits 2.
@@ -150,21 +150,53 @@ def add_train_parser(subparsers) -> None:
 def add_prepare_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
-        description="Tokenize text into uint16 token files that `gptrain train --data DIR` reads through a "
-                    "memory map. Inputs are files, folders and glob patterns of .txt, .md and .jsonl files; each "
-                    "file (or JSON line) is a document, followed by <|endoftext|>. The corpus is streamed and "
-                    "tokenized in parallel processes.",
+        description="Tokenize text into uint16 token files (uint32 for vocabularies over 65,536) that "
+                    "`gptrain train --data DIR` reads through a memory map. Inputs are files, folders and glob "
+                    "patterns of .txt and .md files, JSON lines (.jsonl, .jsonl.gz, .jsonl.zst), .csv, .parquet and .arrow files, and folders written by "
+                    "datasets' save_to_disk; each text file (or record) is a document, followed by "
+                    "<|endoftext|>. The corpus is streamed and tokenized in parallel processes.",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
     p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
-    p.add_argument("--text-field", default="text", help="the field of each .jsonl record that holds the text")
-    p.add_argument("--strict", action="store_true", help="stop at a bad .jsonl line instead of skipping it")
+    p.add_argument("--text-field", default="text", help="the field or column of records that holds the text")
+    p.add_argument("--strict", action="store_true", help="stop at a bad record instead of skipping it")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes [all cores]")
     p.add_argument("--seed", type=int, default=123, help="seed of the document split")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared folder already in --out")
+    p.add_argument("--tokenizer", default="gpt2", metavar="DIR|gpt2",
+                   help="GPT-2's BPE, or a folder written by gptrain tokenizer train")
     p.set_defaults(handler=run_prepare)
+
+
+def add_tokenizer_parser(subparsers) -> None:
+    group = subparsers.add_parser("tokenizer", help="train your own BPE tokenizer, inspect it, compare tokenizers")
+    commands = group.add_subparsers(title="tokenizer commands", metavar="COMMAND", parser_class=Parser)
+    p = commands.add_parser(
+        "train", help="train a byte-level BPE tokenizer on a corpus",
+        description="Train a byte-level BPE (GPT-2's design, with <|endoftext|>) on the corpus, streamed from disk, "
+                    "and write DIR/tokenizer.json, which gptrain prepare --tokenizer and transformers' "
+                    "AutoTokenizer.from_pretrained(DIR) read.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="file, folder or glob pattern, as gptrain prepare reads")
+    p.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, bytes and specials included")
+    p.add_argument("--out", required=True, help="folder to write tokenizer.json into")
+    p.add_argument("--pattern", choices=["gpt2", "gpt4"], default="gpt2",
+                   help="pre-tokenizer split: GPT-2's regex or GPT-4's (cl100k)")
+    p.add_argument("--text-field", default="text", help="the field or column of records that holds the text")
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
+    p.set_defaults(handler=run_tokenizer_train)
+    p = commands.add_parser("info", help="vocabulary size, special tokens and pattern of a trained tokenizer")
+    p.add_argument("folder", metavar="DIR", help="a folder written by gptrain tokenizer train")
+    p.set_defaults(handler=run_tokenizer_info)
+    p = commands.add_parser("compare", help="vocabulary size and bytes per token of tokenizers on a corpus")
+    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="file, folder or glob pattern")
+    p.add_argument("--tokenizer", action="append", dest="tokenizers", metavar="DIR|gpt2",
+                   help="a trained tokenizer's folder or gpt2; repeat to compare several [gpt2]")
+    p.add_argument("--text-field", default="text", help="the field or column of records that holds the text")
+    p.set_defaults(handler=run_tokenizer_compare)
 
 
 def add_model_source_flags(p: argparse.ArgumentParser) -> None:
@@ -454,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lab_parser(subparsers)
     add_serve_parser(subparsers)
     add_estimate_parser(subparsers)
+    add_tokenizer_parser(subparsers)
     return parser
 
 
@@ -492,13 +525,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise GptrainError(f"--workers must be at least 1, not {args.workers}")
     meta = prepare(args.inputs, args.out, val_fraction=args.val_fraction, text_field=args.text_field,
-                   strict=args.strict, workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+                   strict=args.strict, workers=args.workers, seed=args.seed, overwrite=args.overwrite,
+                   tokenizer=args.tokenizer)
     documents = meta["documents"]
     print(f"Wrote {args.out}: {meta['train_tokens']:,} train tokens ({documents['train']:,} documents), "
           f"{meta['val_tokens']:,} val tokens ({documents['val']:,} documents, split by {meta['split']}) "
           f"at {meta['tokens_per_second']:,} tokens/s")
     if meta["skipped_lines"]:
-        print(f"Skipped {meta['skipped_lines']:,} bad .jsonl line(s), the first: {meta['first_skipped']}",
+        print(f"Skipped {meta['skipped_lines']:,} bad record(s), the first: {meta['first_skipped']}",
               file=sys.stderr)
     return 0
 
@@ -773,6 +807,31 @@ def run_serve(args: argparse.Namespace) -> int:
                       shutdown_timeout=args.shutdown_timeout)
     device = resolve_device(args.device)
     serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)
+    return 0
+
+
+def run_tokenizer_train(args: argparse.Namespace) -> int:
+    from gptrain.bpe_training import train_tokenizer
+
+    tokenizer = train_tokenizer(args.corpus, args.out, args.vocab_size, pattern=args.pattern,
+                                text_field=args.text_field, overwrite=args.overwrite)
+    print(f"Wrote {args.out}/tokenizer.json: {tokenizer.n_vocab:,} tokens ({args.pattern} split)")
+    return 0
+
+
+def run_tokenizer_info(args: argparse.Namespace) -> int:
+    from gptrain.bpe_training import tokenizer_info
+
+    info = tokenizer_info(args.folder)
+    print(f"vocabulary: {info.vocab_size:,} tokens\nspecial tokens: {', '.join(info.special_tokens)}\n"
+          f"pattern: {info.pattern}\nsha256: {info.sha256}")
+    return 0
+
+
+def run_tokenizer_compare(args: argparse.Namespace) -> int:
+    from gptrain.bpe_training import compare_tokenizers, format_comparison
+
+    print(format_comparison(compare_tokenizers(args.corpus, args.tokenizers or ["gpt2"], args.text_field)))
     return 0
 
 

@@ -20,6 +20,11 @@ SHARD_FORMAT = "gptrain-shards"
 SHARD_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
 
 
+def shard_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """uint16 while every id fits in it (GPT-2's and most trained vocabularies), uint32 beyond."""
+    return SHARD_DTYPE if vocab_size <= np.iinfo(SHARD_DTYPE).max + 1 else np.uint32
+
+
 class TokenWindows(Dataset):
     """Windows of ``max_length`` tokens over a 1-D token array, window ``i`` starting at ``i * stride``.
 

@@ -1,4 +1,4 @@
-"""Corpus to shards: tokenize text files and JSON lines into ``train.bin`` / ``val.bin``.
+"""Corpus to shards: tokenize text files and records into ``train.bin`` / ``val.bin``.
 
 The corpus is streamed: files are read in blocks, tokenized in worker processes a few blocks
 at a time, and written in order, so memory does not grow with the corpus. Every document
@@ -10,6 +10,7 @@ built under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import hashlib
 import json
@@ -25,13 +26,14 @@ import numpy as np
 from tqdm import tqdm
 
 from gptrain.checkpoint import staged_dir, write_json_atomic
-from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
+from gptrain.data import SHARD_FORMAT, shard_dtype
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
-from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
+from gptrain.readers import (DATASET_STATE, SUFFIX_LIST, TABLE_READERS, dataset_files, decompression_errors,
+                             input_kind, is_compressed, open_binary, reject)
+from gptrain.tokenizer import TOKENIZER_NAME
+from gptrain.trained_tokenizer import load_tokenizer, tokenizer_identity
 
-TEXT_SUFFIXES = {".txt", ".md"}
-JSONL_SUFFIX = ".jsonl"
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
 
@@ -60,15 +62,16 @@ def find_inputs(inputs: list[str]) -> list[Path]:
         if not matches:
             raise GptrainError(f"the pattern {item} matches no files: check it (quote it to stop the shell expanding it)")
         for path in matches:
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*")
-                               if p.is_file() and p.suffix in TEXT_SUFFIXES | {JSONL_SUFFIX})
+            if path.is_dir() and (path / DATASET_STATE).is_file():
+                found.extend(dataset_files(path))
+            elif path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and input_kind(p))
                 if not files:
-                    raise GptrainError(f"folder {path} holds no .txt, .md or .jsonl files: point gptrain prepare at text")
+                    raise GptrainError(f"folder {path} holds no {SUFFIX_LIST} files: point gptrain prepare at text")
                 found.extend(files)
             elif path.is_file():
-                if path.suffix not in TEXT_SUFFIXES | {JSONL_SUFFIX}:
-                    raise GptrainError(f"{path} is not a .txt, .md or .jsonl file: convert it, or leave it out")
+                if not input_kind(path):
+                    raise GptrainError(f"{path} is not a {SUFFIX_LIST} file: convert it, or leave it out")
                 found.append(path)
             else:
                 raise GptrainError(f"input {path} does not exist: check the path")
@@ -119,7 +122,14 @@ def read_text_document(path: Path, stats: Stats) -> Iterator[str]:
 
 
 def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
-    with open(path, "rb") as f:
+    try:
+        yield from _jsonl_documents(path, text_field, strict, stats)
+    except decompression_errors() as exc:
+        raise GptrainError(f"{path} cannot be decompressed ({exc}): compress it again, or leave it out") from None
+
+
+def _jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
+    with open_binary(path) as f:
         for line_number, raw in enumerate(f, start=1):
             stats.bytes_read += len(raw)
             if not raw.strip():
@@ -135,11 +145,7 @@ def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats
                 elif not isinstance(record[text_field], str):
                     problem = f"has a {text_field!r} field that is not a string"
             if problem:
-                where = f"{path}:{line_number}"
-                if strict:
-                    raise GptrainError(f"line {where} {problem}: fix it, or drop --strict to skip such lines")
-                stats.skipped_lines += 1
-                stats.first_skipped = stats.first_skipped or f"{where} {problem}"
+                reject(stats, f"{path}:{line_number}", problem, strict)
                 continue
             yield record[text_field]
 
@@ -148,10 +154,12 @@ def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: 
                 stats: Stats) -> Iterator[Piece]:
     ordinal = 0
     for path in paths:
-        if path.suffix == JSONL_SUFFIX:
-            documents = ([doc] for doc in read_jsonl_documents(path, text_field, strict, stats))
-        else:
+        kind = input_kind(path)
+        if kind == "text":
             documents = iter([read_text_document(path, stats)])
+        else:
+            read = read_jsonl_documents if kind == "jsonl" else TABLE_READERS[kind]
+            documents = ([doc] for doc in read(path, text_field, strict, stats))
         for blocks in documents:
             val = goes_to_val(ordinal, val_fraction, seed)
             ordinal += 1
@@ -164,6 +172,11 @@ def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: 
                 continue
             yield Piece(previous, val, last=True)
             stats.documents["val" if val else "train"] += 1
+
+
+def input_bytes(paths: list[Path]) -> int | None:
+    """The corpus's size on disk, for progress; None when compression hides how much text it holds."""
+    return None if any(is_compressed(p) for p in paths) else sum(p.stat().st_size for p in paths)
 
 
 def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
@@ -179,14 +192,14 @@ def batch_pieces(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
         yield batch
 
 
-def encode_batch(batch: list[Piece]) -> list[tuple[bool, bytes]]:
-    tokenizer = get_tokenizer()
+def encode_batch(tokenizer_spec: str, dtype: str, batch: list[Piece]) -> list[tuple[bool, bytes]]:
+    tokenizer = load_tokenizer(tokenizer_spec)  # cached: built once per process
     out = []
     for piece in batch:
         ids = tokenizer.encode_ordinary(piece.text)
         if piece.last:
-            ids.append(END_OF_TEXT_ID)
-        out.append((piece.val, np.array(ids, dtype=SHARD_DTYPE).tobytes()))
+            ids.append(tokenizer.eot_token)
+        out.append((piece.val, np.array(ids, dtype=dtype).tobytes()))
     return out
 
 
@@ -199,7 +212,6 @@ def ordered_map(func, items: Iterator, workers: int) -> Iterator:
     if workers <= 1:
         yield from map(func, items)
         return
-    get_tokenizer()  # build it once here; forked workers inherit it
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with context.Pool(workers) as pool:
         pending: collections.deque = collections.deque()
@@ -213,8 +225,11 @@ def ordered_map(func, items: Iterator, workers: int) -> Iterator:
 
 def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, text_field: str = "text",
             strict: bool = False, workers: int | None = None, seed: int = 123,
-            overwrite: bool = False) -> dict:
-    """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta."""
+            overwrite: bool = False, tokenizer: str = TOKENIZER_NAME) -> dict:
+    """Tokenize ``inputs`` into ``out/train.bin``, ``out/val.bin`` and ``out/meta.json``; returns the meta.
+
+    ``tokenizer`` is ``"gpt2"`` or a folder written by ``gptrain tokenizer train``.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise GptrainError(f"--val-fraction must be in [0, 1), not {val_fraction}")
     out = check_output_dir(out)
@@ -222,20 +237,24 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
         raise GptrainError(f"{out} is not empty: {hint}")
     paths = find_inputs(inputs)
+    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early).
+    encoder = load_tokenizer(tokenizer)
+    dtype = shard_dtype(encoder.n_vocab)
+    encode = functools.partial(encode_batch, tokenizer, np.dtype(dtype).name)
     workers = workers or os.cpu_count() or 1
     stats = Stats()
     counts = {"train": 0, "val": 0}
     started = time.perf_counter()
     with staged_dir(out) as tmp:
-        total_bytes = sum(p.stat().st_size for p in paths)
+        total_bytes = input_bytes(paths)
         with open(tmp / "train.bin", "wb") as train_file, open(tmp / "val.bin", "wb") as val_file, tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None
         ) as progress:
             pieces = iter_pieces(paths, text_field, strict, val_fraction, seed, stats)
-            for encoded in ordered_map(encode_batch, batch_pieces(pieces), workers):
+            for encoded in ordered_map(encode, batch_pieces(pieces), workers):
                 for val, data in encoded:
                     (val_file if val else train_file).write(data)
-                    counts["val" if val else "train"] += len(data) // SHARD_DTYPE().itemsize
+                    counts["val" if val else "train"] += len(data) // np.dtype(dtype).itemsize
                 progress.update(stats.bytes_read - progress.n)
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 progress.set_postfix(tokens=f"{sum(counts.values()):,}", tok_s=f"{sum(counts.values()) / elapsed:,.0f}")
@@ -244,16 +263,16 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         split = "document"
         if val_fraction > 0 and (counts["val"] == 0 or counts["train"] == 0):
             # Too few documents to split by document: validate on the last tokens, as the book does.
-            counts = tail_split(tmp, counts, val_fraction)
+            counts = tail_split(tmp, counts, val_fraction, dtype)
             split = "tail"
         elapsed = time.perf_counter() - started
         meta = {
             "format": SHARD_FORMAT,
             "format_version": 1,
-            "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
-            "dtype": np.dtype(SHARD_DTYPE).name,
-            "vocab_size": VOCAB_SIZE,
-            "eot_token": END_OF_TEXT_ID,
+            "tokenizer": tokenizer_identity(encoder),
+            "dtype": np.dtype(dtype).name,
+            "vocab_size": encoder.n_vocab,
+            "eot_token": encoder.eot_token,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
             "documents": stats.documents,
@@ -270,7 +289,7 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
     return meta
 
 
-def tail_split(folder: Path, counts: dict[str, int], val_fraction: float) -> dict[str, int]:
+def tail_split(folder: Path, counts: dict[str, int], val_fraction: float, dtype) -> dict[str, int]:
     """Move the last ``val_fraction`` of the tokens into val.bin, streaming, when the documents
     were too few to split (all of them landed in one file)."""
     train_path, val_path = folder / "train.bin", folder / "val.bin"
@@ -278,7 +297,7 @@ def tail_split(folder: Path, counts: dict[str, int], val_fraction: float) -> dic
         os.replace(val_path, train_path)
     total = counts["train"] + counts["val"]
     cut = total - max(1, int(total * val_fraction))
-    itemsize = np.dtype(SHARD_DTYPE).itemsize
+    itemsize = np.dtype(dtype).itemsize
     with open(train_path, "r+b") as source, open(val_path, "wb") as target:
         source.seek(cut * itemsize)
         shutil.copyfileobj(source, target, 1 << 24)
