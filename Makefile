@@ -37,7 +37,7 @@ demo: install
 test: install-dev
 	$(BIN)/python -m pytest -q
 
-# The README's figures, side by side with the book's code and HF transformers (about 30 minutes on 2 cores).
+# docs/benchmarks.md's first figures, side by side with the book's code and HF transformers (about 30 minutes on 2 cores).
 bench: install-dev
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_train.py --precision bf16
