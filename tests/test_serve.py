@@ -105,6 +105,27 @@ class Gate:
         assert self.held.wait(30), "the engine never reached the gate"
 
 
+class Pacer:
+    """Lets the engine's thread run its first ``free`` forward passes, then one per :meth:`allow`."""
+
+    def __init__(self, model, free: int):
+        self.calls, self.free, self.opened = 0, free, False
+        self.permits = threading.Semaphore(0)
+        model.register_forward_pre_hook(self.hold)
+
+    def hold(self, module, args):
+        self.calls += 1
+        if self.calls > self.free and not self.opened:
+            assert self.permits.acquire(timeout=60), "the test never let the engine go on"
+
+    def allow(self):
+        self.permits.release()
+
+    def open(self):
+        self.opened = True
+        self.permits.release()
+
+
 def expected_text(model, prompt: str, max_tokens: int, **sampling) -> str:
     tokenizer = get_tokenizer()
     ids = torch.tensor([tokenizer.encode(prompt)])
@@ -237,21 +258,28 @@ def test_sixteen_concurrent_streaming_clients_get_what_they_would_get_alone(chec
         assert state["running"] == 0 and state["waiting"] == 0
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(url):
-    cancelled = health(url)["cancelled"]
-    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
-    connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100, "stream": True,
-                                                              "temperature": 0}),
-                       {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.readline().startswith(b"data: ")
-    connection.sock.shutdown(2)
-    connection.close()
-    deadline = time.monotonic() + 10
-    while (state := health(url))["cancelled"] == cancelled:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.01)
-    assert state["running"] == 0 and state["cancelled"] == cancelled + 1
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(checkpoint):
+    model = load_checkpoint(checkpoint)
+    pacer = Pacer(model, free=2)  # the prompt's pass and one decode step, then one step per allow()
+    with running_server(checkpoint, model=model) as url:
+        try:
+            connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100,
+                                                                      "stream": True, "temperature": 0}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.readline().startswith(b"data: ")
+            connection.sock.shutdown(2)
+            connection.close()
+            # However long the server takes to notice, the sequence cannot run out its 100 tokens meanwhile.
+            deadline = time.monotonic() + 30
+            while (state := health(url))["cancelled"] == 0:
+                assert time.monotonic() < deadline and pacer.calls < 100, f"never cancelled: {state}"
+                pacer.allow()
+                time.sleep(0.02)
+        finally:
+            pacer.open()
+    assert state["running"] == 0 and state["cancelled"] == 1 and state["finished"] == 0
 
 
 BAD_REQUESTS = [
