@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # JupyterLab, which its ch02-ch05 code never imports, so it is installed without dependencies.
 BOOK_PACKAGE := llms-from-scratch==1.0.19
 
-# Tests, CI and benchmarks read the lecture's corpus from ../shared/data when it is there.
+# The demo and the benchmarks read the lecture's corpus from ../shared/data when it is there (the
+# tests use their own copy, tests/data/the-verdict.txt).
 ifneq ($(wildcard ../shared/data/the-verdict.txt),)
 export GPTRAIN_DATA_DIR ?= $(abspath ../shared/data)
 endif

@@ -83,10 +83,11 @@ def run_load(host: str, clients: int, new_tokens: int) -> dict:
             "tbt_p50": statistics.median(gaps) if gaps else float("nan")}
 
 
-def start_server(checkpoint: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, max_batch: int, threads: int | None,
+                 device: str = "cpu") -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     process = subprocess.Popen([sys.executable, "-m", "gptrain", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-                                "--max-batch", str(max_batch), "--max-queue", "64", "--device", "cpu"],
+                                "--max-batch", str(max_batch), "--max-queue", "64", "--device", device],
                                stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()
     found = re.search(r"http://([\d.]+:\d+)/v1", line)

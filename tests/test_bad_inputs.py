@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gptrain import TrainConfig, train
 from gptrain.cli import main
@@ -107,7 +108,8 @@ CASES = [
     (["generate", "--checkpoint", "{root}/run", "--prompt", ""], "the prompt is empty"),
     (["generate", "--checkpoint", "{root}/no-text"], "not a gptrain checkpoint"),
     (["generate", "--checkpoint", "{root}/damaged"], "is truncated"),
-    (["generate", "--checkpoint", "{root}/run", "--device", "cuda:7"], "no CUDA GPU is available"),
+    (["generate", "--checkpoint", "{root}/run", "--device", f"cuda:{torch.cuda.device_count() + 7}"],
+     "CUDA GPU(s): use cuda:0" if torch.cuda.is_available() else "no CUDA GPU is available"),
     # eval
     (["eval", "--checkpoint", "{root}/run", "--data", "{root}/missing.txt"], "neither a file"),
     (["eval", "--checkpoint", "{root}/run", "--data", "{root}/short.txt", "--stride", "0"], "--stride must be at least 1"),

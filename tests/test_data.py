@@ -8,7 +8,13 @@ from gptrain import data as data_module
 from gptrain.data import NamedDataset, fetch_dataset
 from gptrain.download import download_file
 
+from conftest import VERDICT_SHA256
 from httpserver import FileServer
+
+
+def test_the_shipped_verdict_is_the_canonical_copy(verdict_path):
+    digest = hashlib.sha256(verdict_path.read_bytes()).hexdigest()
+    assert digest == VERDICT_SHA256 == data_module.DATASETS["the-verdict"].sha256
 
 
 def test_targets_are_inputs_shifted_by_one(tokenizer, verdict_text):

@@ -37,7 +37,7 @@ class RecordingStdout:
 def run(monkeypatch, capsys, *args):
     out = RecordingStdout()
     monkeypatch.setattr(sys, "stdout", out)
-    assert main(["generate", *args]) == 0
+    assert main(["generate", "--device", "cpu", *args]) == 0  # the expected tokens are drawn on the CPU
     return out, capsys.readouterr().err
 
 

@@ -44,9 +44,9 @@ def reference(checkpoint):
 
 
 @contextlib.contextmanager
-def running_server(checkpoint, **settings):
+def running_server(checkpoint, model=None, **settings):
     cfg = ServeConfig(port=0, model_name="tiny", **settings)
-    server, sock = make_server(load_checkpoint(checkpoint), cfg)
+    server, sock = make_server(model or load_checkpoint(checkpoint), cfg)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -86,6 +86,46 @@ def post(url, path, body: bytes, headers=None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+class Gate:
+    """Holds the engine's thread in its ``at``-th forward pass (counting from 0) until released, so a test
+    knows what is running and what is waiting while it sends more requests, whatever the machine's speed."""
+
+    def __init__(self, model, at: int):
+        self.calls, self.at = 0, at
+        self.held, self.released = threading.Event(), threading.Event()
+        model.register_forward_pre_hook(self.hold)
+
+    def hold(self, module, args):
+        self.calls += 1
+        if self.calls == self.at + 1:
+            self.held.set()
+            assert self.released.wait(60), "the test never released the engine"
+
+    def wait_held(self):
+        assert self.held.wait(30), "the engine never reached the gate"
+
+
+class Pacer:
+    """Lets the engine's thread run its first ``free`` forward passes, then one per :meth:`allow`."""
+
+    def __init__(self, model, free: int):
+        self.calls, self.free, self.opened = 0, free, False
+        self.permits = threading.Semaphore(0)
+        model.register_forward_pre_hook(self.hold)
+
+    def hold(self, module, args):
+        self.calls += 1
+        if self.calls > self.free and not self.opened:
+            assert self.permits.acquire(timeout=60), "the test never let the engine go on"
+
+    def allow(self):
+        self.permits.release()
+
+    def open(self):
+        self.opened = True
+        self.permits.release()
+
+
 def expected_text(model, prompt: str, max_tokens: int, **sampling) -> str:
     tokenizer = get_tokenizer()
     ids = torch.tensor([tokenizer.encode(prompt)])
@@ -110,7 +150,7 @@ def test_greedy_and_seeded_completions_equal_gptrain_generate(client, checkpoint
                              dict(temperature=1.3, top_p=0.8, seed=3, extra_body={"top_k": 30}))]:
         capsys.readouterr()
         assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", PROMPTS[0], "--max-new-tokens", "25",
-                     "--no-stream", *flags]) == 0
+                     "--device", "cpu", "--no-stream", *flags]) == 0
         cli_text = capsys.readouterr().out[:-1]  # print's newline
         response = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=25, **sampling)
         choice = response.choices[0]
@@ -194,41 +234,52 @@ def test_n_choices_and_seeds_are_reproducible(client):
     assert texts(n=1, seed=9) != texts(n=1, seed=10)
 
 
-def test_sixteen_concurrent_streaming_clients_get_what_they_would_get_alone(client, reference, url):
+def test_sixteen_concurrent_streaming_clients_get_what_they_would_get_alone(checkpoint, reference):
     requests = [(PROMPTS[i % len(PROMPTS)], 20 + 5 * i) for i in range(16)]
-    steps_before = health(url)["steps"]
+    model = load_checkpoint(checkpoint)
+    gate = Gate(model, at=0)  # the first prompt's pass waits until all sixteen streams are open
+    with running_server(checkpoint, model=model, max_batch=16) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        try:
+            # A streamed request's response starts once the server has queued it.
+            streams = [client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                                 stream=True) for prompt, max_tokens in requests]
+            gate.wait_held()
+            assert health(url)["waiting"] == 15
+        finally:
+            gate.released.set()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            texts = list(pool.map(lambda chunks: "".join(chunk.choices[0].text for chunk in chunks), streams))
+        for (prompt, max_tokens), text in zip(requests, texts):
+            assert text == expected_text(reference, prompt, max_tokens), prompt
+        state = health(url)
+        # The first request decoded alone for one step, then all sixteen shared each step.
+        assert state["steps"] == max(max_tokens for _, max_tokens in requests)
+        assert state["running"] == 0 and state["waiting"] == 0
 
-    def stream(request):
-        prompt, max_tokens = request
-        chunks = client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                           stream=True)
-        return "".join(chunk.choices[0].text for chunk in chunks)
 
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        texts = list(pool.map(stream, requests))
-    for (prompt, max_tokens), text in zip(requests, texts):
-        assert text == expected_text(reference, prompt, max_tokens), prompt
-    state = health(url)
-    total = sum(max_tokens for _, max_tokens in requests)
-    assert state["steps"] - steps_before < total / 2  # the requests shared forward passes
-    assert state["running"] == 0 and state["waiting"] == 0
-
-
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(url):
-    cancelled = health(url)["cancelled"]
-    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
-    connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100, "stream": True,
-                                                              "temperature": 0}),
-                       {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.readline().startswith(b"data: ")
-    connection.sock.shutdown(2)
-    connection.close()
-    deadline = time.monotonic() + 10
-    while (state := health(url))["cancelled"] == cancelled:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.01)
-    assert state["running"] == 0 and state["cancelled"] == cancelled + 1
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(checkpoint):
+    model = load_checkpoint(checkpoint)
+    pacer = Pacer(model, free=2)  # the prompt's pass and one decode step, then one step per allow()
+    with running_server(checkpoint, model=model) as url:
+        try:
+            connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100,
+                                                                      "stream": True, "temperature": 0}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.readline().startswith(b"data: ")
+            connection.sock.shutdown(2)
+            connection.close()
+            # However long the server takes to notice, the sequence cannot run out its 100 tokens meanwhile.
+            deadline = time.monotonic() + 30
+            while (state := health(url))["cancelled"] == 0:
+                assert time.monotonic() < deadline and pacer.calls < 100, f"never cancelled: {state}"
+                pacer.allow()
+                time.sleep(0.02)
+        finally:
+            pacer.open()
+    assert state["running"] == 0 and state["cancelled"] == 1 and state["finished"] == 0
 
 
 BAD_REQUESTS = [
@@ -267,12 +318,14 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(url, clie
     error = answer["error"]
     assert error["message"] and "\n" not in error["message"] and error["param"] == param
     assert error["type"] == "invalid_request_error"
-    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices[0].finish_reason == "length"
+    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2,
+                                     temperature=0).choices[0].finish_reason == "length"
 
 
 def test_what_openai_allows_is_answered(url, client):
     # Unknown fields are ignored; a long prompt is left-truncated when asked; an unknown route is a 404 error object.
-    code, answer = post(url, "/v1/completions", b'{"prompt": "Hi", "max_tokens": 2, "presence_penalty": 0.5, "x": 1}')
+    code, answer = post(url, "/v1/completions", b'{"prompt": "Hi", "max_tokens": 2, "temperature": 0, '
+                                                b'"presence_penalty": 0.5, "x": 1}')
     assert code == 200 and answer["usage"]["completion_tokens"] == 2
     code, answer = post(url, "/v1/completions", b'{"prompt": "' + b"word " * 200 + b'", "max_tokens": 2, '
                                                 b'"truncate_prompt_tokens": 50}')
@@ -290,24 +343,29 @@ def test_what_openai_allows_is_answered(url, client):
 
 
 def test_a_full_queue_answers_503_and_the_others_complete(checkpoint, reference):
-    with running_server(checkpoint, max_batch=1, max_queue=1) as url:
+    model = load_checkpoint(checkpoint)
+    gate = Gate(model, at=1)  # the first decode step: one request runs, its slot stays taken
+    with running_server(checkpoint, model=model, max_batch=1, max_queue=1) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
-        def complete(i):
-            try:
-                return client.completions.create(model="tiny", prompt=PROMPTS[i % 8], max_tokens=100,
-                                                  temperature=0).choices[0].text
-            except openai.APIStatusError as error:
-                return error
+        def stream(prompt):
+            return client.completions.create(model="tiny", prompt=prompt, max_tokens=100, temperature=0, stream=True)
 
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(complete, range(8)))
-        refused = [result for result in results if isinstance(result, Exception)]
-        assert refused and all(error.status_code == 503 and error.body["code"] == "queue_full" for error in refused)
-        for i, result in enumerate(results):
-            if isinstance(result, str):
-                assert result == expected_text(reference, PROMPTS[i % 8], 100)
-        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+        try:
+            running = stream(PROMPTS[0])
+            gate.wait_held()
+            waiting = stream(PROMPTS[1])
+            assert (health(url)["running"], health(url)["waiting"]) == (1, 1)
+            for refused in (lambda: stream(PROMPTS[2]), lambda: client.completions.create(model="tiny", prompt="Hi")):
+                with pytest.raises(openai.APIStatusError) as error:
+                    refused()
+                assert error.value.status_code == 503 and error.value.body["code"] == "queue_full"
+        finally:
+            gate.released.set()
+        for prompt, chunks in [(PROMPTS[0], running), (PROMPTS[1], waiting)]:
+            assert "".join(chunk.choices[0].text for chunk in chunks) == expected_text(reference, prompt, 100)
+        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2,
+                                         temperature=0).usage.completion_tokens == 2
 
 
 def test_the_api_key_is_enforced(checkpoint):
@@ -318,7 +376,8 @@ def test_the_api_key_is_enforced(checkpoint):
         code, answer = post(url, "/v1/completions", b'{"prompt": "Hi"}')
         assert code == 401 and answer["error"]["code"] == "invalid_api_key"
         client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
-        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2,
+                                         temperature=0).usage.completion_tokens == 2
         assert health(url)["status"] == "ok"  # the health check and the playground need no key
 
 
@@ -366,14 +425,24 @@ def test_the_playground_streams_and_shows_the_distribution_in_headless_chromium(
             assert page.text_content("#completion") == expected_text(reference, "Every effort moves you", 20)
             assert "20 tokens in" in page.text_content("#status")
 
+            def shows(temperature: float) -> None:
+                """Waits until the table shows the server's distribution at this temperature and top-k 5
+                (the page asks 120 ms after the last slider move, and an older answer may arrive first)."""
+                _, answer = post(url, "/v1/distribution", json.dumps({"prompt": "Every effort moves you", "count": 12,
+                                                                     "temperature": temperature, "top_k": 5}).encode())
+                kept = [100 * row["after_filtering"] for row in answer["tokens"]]
+                page.wait_for_function(
+                    """kept => { const cells = [...document.querySelectorAll("#distribution td.bar.kept div")];
+                                 return cells.length === kept.length && cells.every(
+                                     (c, i) => Math.abs(parseFloat(c.style.width) - kept[i]) < 0.01); }""",
+                    arg=kept, timeout=60_000)
+
             page.fill("#top_k", "5")
             page.fill("#temperature", "0.5")
-            page.wait_for_function("document.body.dataset.distribution", timeout=60_000)
-            page.wait_for_timeout(500)  # the page waits 120 ms after the last slider move before asking
+            shows(0.5)
             cold_raw, cold_kept = column(page, "raw"), column(page, "kept")
-            before = page.get_attribute("body", "data-distribution")
             page.fill("#temperature", "2")
-            page.wait_for_function(f"document.body.dataset.distribution !== '{before}'", timeout=60_000)
+            shows(2)
             hot_raw, hot_kept = column(page, "raw"), column(page, "kept")
             assert len(cold_raw) == 12 and cold_raw == hot_raw  # the model's own distribution does not move
             assert cold_kept[0] > hot_kept[0] + 1  # a hotter softmax is flatter
@@ -398,17 +467,42 @@ def test_engine_queue_is_bounded_and_all_or_nothing(reference):
     assert engine.load()["waiting"] == 3
 
 
+class PausingSequence(Sequence):
+    """Holds the engine's thread after its ``at``-th token until the test lets it go on."""
+
+    def __init__(self, *args, at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.reached, self.go_on = at, threading.Event(), threading.Event()
+
+    def on_token(self, info) -> bool:
+        if len(self.tokens) == self.at:
+            self.reached.set()
+            assert self.go_on.wait(60), "the test never let the sequence go on"
+        return True
+
+
+class WatchingSequence(Sequence):
+    """Notes, as it finishes (in the engine's thread), whether another sequence had finished."""
+
+    def __init__(self, *args, watched: Sequence, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.watched, self.watched_was_done = watched, None
+
+    def on_finish(self, reason: str) -> None:
+        self.watched_was_done = self.watched.done.is_set()
+
+
 def test_a_long_request_does_not_block_short_ones(reference):
     engine = BatchingEngine(reference, max_batch=4).start()
     try:
-        long = Sequence([464, 3290], 120)
+        long = PausingSequence([464, 3290], 120, at=5)
         engine.submit([long])
-        while len(long.tokens) < 5:
-            time.sleep(0.001)
-        short = Sequence([40], 5)
-        engine.submit([short])
+        assert long.reached.wait(30)
+        short = WatchingSequence([40], 5, watched=long)
+        engine.submit([short])  # it joins at the next step, with 115 of the long one's tokens to go
+        long.go_on.set()
         assert short.done.wait(30)
-        assert not long.done.is_set() and len(short.tokens) == 5
+        assert len(short.tokens) == 5 and not short.watched_was_done
         assert long.done.wait(30) and long.finish_reason == "length"
         ids = torch.tensor([[464, 3290]])
         assert long.tokens == generate(reference, ids, 120, CONTEXT)[0, 2:].tolist()
@@ -445,7 +539,7 @@ def test_gptrain_serve_prints_its_url_and_stops_cleanly_on_sigterm(checkpoint, s
         assert found, line + process.stderr.read()
         client = openai.OpenAI(base_url=found.group(1) + "/v1", api_key="unused", max_retries=0)
         assert [model.id for model in client.models.list()] == ["ckpt"]
-        stream = iter(client.completions.create(model="ckpt", prompt="Hi", max_tokens=20, stream=True))
+        stream = iter(client.completions.create(model="ckpt", prompt="Hi", max_tokens=20, temperature=0, stream=True))
         next(stream)
         process.send_signal(signal.SIGTERM)
         if finished:  # in flight: given the time, the request completes

@@ -313,10 +313,12 @@ def process_age() -> float:
 
 
 def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precision: str,
-                       device: torch.device, min_seconds: float = 10.0, min_steps: int = 3) -> Measured:
+                       device: torch.device, min_seconds: float = 10.0, min_steps: int = 3,
+                       compile: bool = False) -> Measured:
     """Run real training steps (gptrain train's optimizer and forward-backward) on random tokens and time them.
 
-    Two warm-up steps (allocations, kernel selection, the heap growing to its size) are not counted;
+    Two warm-up steps (allocations, kernel selection, the heap growing to its size, ``compile``'s
+    compilation as ``gptrain train --compile`` does it) are not counted;
     then steps run for at least ``min_seconds``, so that a machine whose load varies is averaged
     over a while. Evaluation's forward passes are timed separately.
     """
@@ -333,6 +335,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
     if device.type == "cuda":
         model.pad_vocab(64)
     optimizer = make_optimizer(model, TrainConfig(), device)
+    stepped = torch.compile(model) if compile else model
     build_s = time.perf_counter() - started
     autocast = lambda: autocast_context(device.type, precision)  # noqa: E731
     batch = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), device=device)
@@ -341,7 +344,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
     def step():
         optimizer.zero_grad(set_to_none=True)
         for _ in range(grad_accum):
-            forward_backward(model, inputs, targets, autocast, 1.0 / grad_accum)
+            forward_backward(stepped, inputs, targets, autocast, 1.0 / grad_accum)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # gptrain train clips by default
         optimizer.step()
         torch.cuda.synchronize(device) if device.type == "cuda" else None

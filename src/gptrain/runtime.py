@@ -33,6 +33,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise GptrainError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptrainError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GptrainError(f"--device {name} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                           f"GPU(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GptrainError("--device mps was asked for but MPS is not available: use --device cpu")
     return device
