@@ -77,7 +77,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--pad-vocab", action=argparse.BooleanOptionalAction, default=s,
                    help="pad the output head to a multiple of 64 rows, for GPU matrix units; outputs and "
                         "checkpoints are unchanged [on with CUDA]")
-    p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
+    p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps and at the last; 0: never [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
     p.add_argument("--eval-task", action="append", default=s, metavar="NAME:FILE",
                    help="score a benchmark during training (hellaswag, lambada or mc, and its jsonl file); repeatable")
