@@ -1,14 +1,18 @@
 """How a training run starts and ends: settings checked before any work, a folder a failed start
-left behind, and the last evaluation (issue 23)."""
+left behind, the last evaluation, and the corpora --data reads (issue 23)."""
 
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
-from gptrain import TrainConfig, train
+from gptrain import TrainConfig, get_tokenizer, train
 from gptrain.cli import main
+from gptrain.data import load_corpus
 from gptrain.errors import GptrainError
+from gptrain.prepare import prepare
+from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 
 def tiny_run(tmp_path, data, **overrides) -> TrainConfig:
@@ -113,3 +117,45 @@ def test_settings_that_need_evaluation(settings, message):
     with pytest.raises(GptrainError, match=message):
         TrainConfig(**settings)
 
+
+# --- JSON lines as --data ---
+
+@pytest.fixture
+def documents(verdict_text) -> list[str]:
+    return [verdict_text[i * 700:(i + 1) * 700] for i in range(6)]
+
+
+def write_jsonl(path, documents, field="text"):
+    path.write_text("".join(json.dumps({"id": i, field: doc}) + "\n" for i, doc in enumerate(documents)),
+                    encoding="utf-8")
+    return path
+
+
+def test_jsonl_is_read_as_prepare_reads_it(tmp_path, documents):
+    jsonl = write_jsonl(tmp_path / "docs.jsonl", documents)
+    text = load_corpus(jsonl)
+    assert text == END_OF_TEXT.join(documents) and '"id"' not in text
+    prepare([str(jsonl)], tmp_path / "shards", val_fraction=0.0, workers=1)
+    prepared = np.fromfile(tmp_path / "shards" / "train.bin", dtype=np.uint16).tolist()
+    assert get_tokenizer().encode(text, allowed_special={END_OF_TEXT}) + [END_OF_TEXT_ID] == prepared
+
+
+def test_train_reads_a_folder_of_jsonl_with_its_text_field(tmp_path, documents, capsys):
+    (tmp_path / "corpus").mkdir()
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", documents[:3], field="body")
+    write_jsonl(tmp_path / "corpus" / "b.jsonl", documents[3:], field="body")
+    assert load_corpus(tmp_path / "corpus", "body") == END_OF_TEXT.join(documents)
+    args = ["train", "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "run"), "--preset", "tiny",
+            "--context-length", "32", "--device", "cpu", "--max-steps", "1", "--sample-tokens", "0"]
+    assert "give no text, the first: " in one_line_error(capsys, args)  # no "text" field in these records
+    assert main([*args, "--text-field", "body"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["text_field"] == "body"
+
+
+def test_a_bad_jsonl_line_is_refused_with_its_place(tmp_path, documents):
+    jsonl = write_jsonl(tmp_path / "docs.jsonl", documents)
+    with open(jsonl, "a", encoding="utf-8") as f:
+        f.write("not json\n")
+    with pytest.raises(GptrainError, match=r"1 line\(s\) of .* give no text, the first: .*docs.jsonl:7 is not JSON"):
+        load_corpus(jsonl)

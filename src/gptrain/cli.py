@@ -39,7 +39,9 @@ def add_train_parser(subparsers) -> None:
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
     p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
-    p.add_argument("--data", default=s, help="text file, folder of .txt files, or a named dataset (the-verdict)")
+    p.add_argument("--data", default=s, help="text or .jsonl file, folder of them, or a named dataset (the-verdict); "
+                                              "for a large corpus, a folder made by gptrain prepare")
+    p.add_argument("--text-field", default=s, help="the field of each .jsonl record that holds the text [text]")
     p.add_argument("--out", default=s, help="run directory for checkpoints, metrics.jsonl and loss.png "
                                              "[runs/verdict]")
     p.add_argument("--preset", default=s, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")
@@ -252,7 +254,8 @@ def add_eval_parser(subparsers) -> None:
     )
     add_model_source_flags(p)
     p.add_argument("--data", required=True,
-                   help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
+                   help="text or .jsonl file, folder of them, a named dataset, or a folder made by gptrain prepare")
+    p.add_argument("--text-field", default="text", help="the field of each .jsonl record that holds the text")
     p.add_argument("--split", choices=["all", "train", "val"], default=None,
                    help="a prepared folder's split [val]; for text, all of it [all] or training's character split")
     p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part [0.9]")
@@ -662,7 +665,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_eval_model(args.checkpoint, args.pretrained, device)
     context = model.cfg.context_length if args.context_length is None else args.context_length
     check_window_args(context, context if args.stride is None else args.stride, model.cfg.context_length)
-    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio, args.text_field)
     result = evaluate_tokens(model, tokens, context_length=args.context_length, stride=args.stride,
                              batch_size=args.batch_size, precision=resolve_precision(args.precision, device),
                              num_bytes=num_bytes)

@@ -122,6 +122,7 @@ class TrainConfig:
     """Everything ``gptrain train`` needs; the defaults are the lecture's run."""
 
     data: str = "the-verdict"
+    text_field: str = "text"  # the field of each .jsonl record that holds the text, as in gptrain prepare
     out: str = "runs/verdict"
     preset: str | None = "124M"
     context_length: int | None = 256

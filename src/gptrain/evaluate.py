@@ -193,8 +193,8 @@ def evaluate_text(model: nn.Module, text: str, **kwargs: Any) -> Evaluation:
 
 # --- What the CLI evaluates ---
 
-def load_eval_tokens(source: str | Path, split: str | None = None,
-                     train_ratio: float = 0.9) -> tuple[np.ndarray, int, str]:
+def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: float = 0.9,
+                     text_field: str = "text") -> tuple[np.ndarray, int, str]:
     """The tokens, their size in bytes and a description of a text, a folder of .txt files, a named
     dataset or a prepared shard folder.
 
@@ -207,7 +207,7 @@ def load_eval_tokens(source: str | Path, split: str | None = None,
             raise GptrainError(f"{source} is a prepared folder with train and val splits: use --split train or --split val")
         tokens = getattr(open_shards(source), split)
         return tokens, count_bytes(tokens), f"{source} ({split}.bin)"
-    text = load_corpus(source)
+    text = load_corpus(source, text_field)
     split = split or "all"
     if split != "all":
         train_text, val_text = split_text(text, train_ratio)

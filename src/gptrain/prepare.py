@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import glob
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -25,13 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from gptrain.checkpoint import staged_dir, write_json_atomic
-from gptrain.data import SHARD_DTYPE, SHARD_FORMAT
+from gptrain.data import JSONL_SUFFIX, SHARD_DTYPE, SHARD_FORMAT, ReadStats, read_jsonl_documents
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
 from gptrain.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer
 
 TEXT_SUFFIXES = {".txt", ".md"}
-JSONL_SUFFIX = ".jsonl"
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
 
@@ -45,11 +43,8 @@ class Piece:
 
 
 @dataclass
-class Stats:
+class Stats(ReadStats):
     documents: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    skipped_lines: int = 0
-    first_skipped: str | None = None
-    bytes_read: int = 0
 
 
 def find_inputs(inputs: list[str]) -> list[Path]:
@@ -116,32 +111,6 @@ def read_text_document(path: Path, stats: Stats) -> Iterator[str]:
                 carry = carry[cut:]
     if carry:
         yield carry
-
-
-def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            stats.bytes_read += len(raw)
-            if not raw.strip():
-                continue
-            problem = None
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                problem = "is not JSON"
-            else:
-                if not isinstance(record, dict) or text_field not in record:
-                    problem = f"has no {text_field!r} field"
-                elif not isinstance(record[text_field], str):
-                    problem = f"has a {text_field!r} field that is not a string"
-            if problem:
-                where = f"{path}:{line_number}"
-                if strict:
-                    raise GptrainError(f"line {where} {problem}: fix it, or drop --strict to skip such lines")
-                stats.skipped_lines += 1
-                stats.first_skipped = stats.first_skipped or f"{where} {problem}"
-                continue
-            yield record[text_field]
 
 
 def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: float, seed: int,

@@ -174,7 +174,7 @@ def load_windows(cfg: TrainConfig, context_length: int, tokenizer) -> tuple[Toke
         splits = {"train": shards.train, "val": shards.val}
         stride = cfg.stride or context_length
     else:
-        train_text, val_text = split_text(load_corpus(cfg.data), cfg.train_ratio)
+        train_text, val_text = split_text(load_corpus(cfg.data, cfg.text_field), cfg.train_ratio)
         encode = lambda text: np.array(tokenizer.encode(text, allowed_special={END_OF_TEXT}), dtype=np.uint16)
         splits = {"train": encode(train_text), "val": encode(val_text)}
         stride = cfg.stride or context_length
