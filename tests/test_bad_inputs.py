@@ -63,7 +63,7 @@ CASES = [
     (["train", "--logger", "wandb"], "invalid choice: 'wandb'"),
     (["train", "--grad-accum", "2", "--global-batch-tokens", "1024"], "not both"),
     (["train", "--warmup-steps", "-1"], "--warmup-steps must be a non-negative integer"),
-    (["train", "--eval-freq", "0"], "--eval-freq must be a positive integer"),
+    (["train", "--eval-freq", "-1"], "--eval-freq must be a non-negative integer"),
     (["train", "--context-length", "0"], "--context-length must be a positive integer"),
     (["train", "--grad-clip", "-1"], "--grad-clip must be positive"),
     (["train", "--config", "{root}/missing.toml"], "does not exist"),

@@ -1,10 +1,13 @@
 import json
+import os
 
 import pytest
 import torch
 
-from gptrain import GPTModel, load_checkpoint, save_checkpoint
+from gptrain import GPTModel, export_hf, load_checkpoint, save_checkpoint
 from gptrain.checkpoint import load_training_state, resolve_checkpoint
+from gptrain.lora import add_lora, export_peft_adapter
+from gptrain.prepare import prepare
 
 
 def test_round_trip_rebuilds_the_model_from_its_own_config(tmp_path, tiny_cfg):
@@ -100,3 +103,27 @@ def test_weights_of_another_size_name_the_tensor_and_shapes(tmp_path, tiny_cfg):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_every_written_file_has_the_permissions_the_umask_allows(tmp_path, tiny_cfg, verdict_text, umask):
+    """A teammate can load a shared checkpoint or export: safetensors alone would create its files 0600."""
+    (tmp_path / "text.txt").write_text(verdict_text[:2000], encoding="utf-8")
+    previous = os.umask(umask)
+    try:
+        model = GPTModel(tiny_cfg)
+        save_checkpoint(model, tmp_path / "out" / "ckpt", torch.optim.AdamW(model.parameters()),
+                        training_state={"step": 1, "tokens_seen": 8})
+        export_hf(model, tmp_path / "out" / "hf")
+        add_lora(model, rank=2)
+        save_checkpoint(model, tmp_path / "out" / "lora")
+        export_peft_adapter(model, tmp_path / "out" / "peft")
+        prepare([str(tmp_path / "text.txt")], tmp_path / "out" / "shards", workers=1)
+    finally:
+        os.umask(previous)
+    written = sorted((tmp_path / "out").rglob("*"))
+    assert {p.name for p in written} >= {"model.safetensors", "adapter.safetensors", "adapter_model.safetensors",
+                                         "training_state.pt", "train.bin", "meta.json", "vocab.json"}
+    modes = {p.relative_to(tmp_path / "out").as_posix(): oct(p.stat().st_mode & 0o777) for p in written}
+    assert modes == {name: oct((0o777 if (tmp_path / "out" / name).is_dir() else 0o666) & ~umask)
+                     for name in modes}

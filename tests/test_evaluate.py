@@ -182,12 +182,28 @@ def test_eval_a_prepared_folder(tmp_path, checkpoint, verdict_text, capsys):
     prepare([str(corpus)], tmp_path / "shards", val_fraction=0.3, workers=1)
     shards = open_shards(tmp_path / "shards")
     model = seeded_model(GPTConfig.from_dict(json.loads((checkpoint / "config.json").read_text())["model"]))
+    split_bytes = 0
     for split, tokens in (("val", shards.val), ("train", shards.train)):
         args = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "shards")]
         figures = fp32_json(capsys, *args, *(["--split", split] if split == "train" else []))
         expected = evaluate_tokens(model, np.asarray(tokens), progress=False)
         assert figures["tokens"] == len(tokens) and figures["loss"] == pytest.approx(expected.loss, abs=1e-6)
-        assert figures["bytes"] == len(model_free_decode(tokens).encode("utf-8"))
+        text = model_free_decode(tokens)
+        assert text.count("<|endoftext|>") >= 2  # every document ends with one
+        # Bits per byte is per byte of the documents: the separators between them were never in the source.
+        assert figures["bytes"] == len(text.replace("<|endoftext|>", "").encode("utf-8"))
+        assert figures["bits_per_byte"] == pytest.approx(expected.total_nats / math.log(2) / figures["bytes"])
+        split_bytes += figures["bytes"]
+    assert split_bytes == sum(p.stat().st_size for p in corpus.iterdir())
+
+
+def test_eval_a_folder_counts_the_bytes_of_its_files(tmp_path, checkpoint, verdict_text, capsys):
+    (tmp_path / "docs").mkdir()
+    for i in range(3):
+        (tmp_path / "docs" / f"{i}.txt").write_text(verdict_text[i * 400:(i + 1) * 400], encoding="utf-8")
+    figures = eval_json(capsys, "--checkpoint", str(checkpoint), "--data", str(tmp_path / "docs"))
+    assert figures["bytes"] == sum(p.stat().st_size for p in (tmp_path / "docs").iterdir())
+    assert figures["bits_per_byte"] == pytest.approx(figures["total_nats"] / math.log(2) / figures["bytes"])
 
 
 def test_eval_precision_defaults_to_auto_as_train(tmp_path, checkpoint, verdict_text, capsys):

@@ -18,7 +18,7 @@ RUN_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 1
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, verdict_text):
-    """A real training run: 3 epochs of 5 steps, evaluated every 3 steps, a sample after each epoch."""
+    """A real training run: 3 epochs of 5 steps, evaluated every 3 steps and at the last, a sample after each epoch."""
     folder = tmp_path_factory.mktemp("report")
     (folder / "text.txt").write_text(verdict_text[:3000], encoding="utf-8")
     out = folder / "run"
@@ -65,7 +65,7 @@ def test_the_report_of_a_run_shows_its_curves_samples_metrics_and_config(run_dir
     logged = records(run_dir)
     evals = [r for r in logged if r["event"] == "eval"]
     samples = [r for r in logged if r["event"] == "sample"]
-    assert len(evals) == 5 and len(samples) == 3
+    assert [r["step"] for r in evals] == [0, 3, 6, 9, 12, 14] and len(samples) == 3  # and the last step
 
     for heading in ("Final metrics", "Loss", "Train-val gap, learning rate, throughput", "Samples", "Config"):
         assert f"<h2>{heading}</h2>" in page

@@ -52,7 +52,7 @@ def test_trains_from_memmapped_shards(shards, tmp_path):
     summary = train(run_cfg(shards, tmp_path / "run"), echo=quiet)
     assert summary["steps"] == 12 and summary["tokens_seen"] == 12 * 4 * 32
     evals = records(tmp_path / "run", "eval")
-    assert [e["step"] for e in evals] == [0, 4, 8] and evals[-1]["train_loss"] < evals[0]["train_loss"]
+    assert [e["step"] for e in evals] == [0, 4, 8, 11] and evals[-1]["train_loss"] < evals[0]["train_loss"]
     assert len(records(tmp_path / "run", "train")) == 12
 
 

@@ -34,6 +34,7 @@ from gptrain.errors import GptrainError
 from gptrain.integrity import read_verified, write_manifest
 from gptrain.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
 from gptrain.model import GPTModel, unwrap_model
+from gptrain.tensorfile import save_tensors
 from gptrain.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 
 WEIGHTS_FILE = "model.safetensors"
@@ -135,7 +136,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     model = unwrap_model(model)
     try:
         with staged_dir(path) as tmp:
-            safetensors.torch.save_file(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            save_tensors(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             if has_lora(model):  # the small file that --resume continues from; the weights above are merged
                 save_adapter(model, tmp / ADAPTER_FILE)
             state = dict(training_state or {})

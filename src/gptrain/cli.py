@@ -60,7 +60,9 @@ def add_train_parser(subparsers) -> None:
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
     p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
-    p.add_argument("--data", default=s, help="text file, folder of .txt files, or a named dataset (the-verdict)")
+    p.add_argument("--data", default=s, help="text or .jsonl file, folder of them, or a named dataset (the-verdict); "
+                                              "for a large corpus, a folder made by gptrain prepare")
+    p.add_argument("--text-field", default=s, help="the field of each .jsonl record that holds the text [text]")
     p.add_argument("--out", default=s, help="run directory for checkpoints, metrics.jsonl and loss.png "
                                              "[runs/verdict]")
     p.add_argument("--preset", default=s, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")
@@ -98,7 +100,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--pad-vocab", action=argparse.BooleanOptionalAction, default=s,
                    help="pad the output head to a multiple of 64 rows, for GPU matrix units; outputs and "
                         "checkpoints are unchanged [on with CUDA]")
-    p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps [5]")
+    p.add_argument("--eval-freq", type=int, default=s, help="evaluate every N steps and at the last; 0: never [5]")
     p.add_argument("--eval-iter", type=int, default=s, help="batches per evaluation [5]")
     p.add_argument("--eval-task", action="append", default=s, metavar="NAME:FILE",
                    help="score a benchmark during training (hellaswag, lambada or mc, and its jsonl file); repeatable")
@@ -305,7 +307,8 @@ def add_eval_parser(subparsers) -> None:
     )
     add_model_source_flags(p)
     p.add_argument("--data", required=True,
-                   help="text file, folder of .txt files, a named dataset, or a folder made by gptrain prepare")
+                   help="text or .jsonl file, folder of them, a named dataset, or a folder made by gptrain prepare")
+    p.add_argument("--text-field", default="text", help="the field of each .jsonl record that holds the text")
     p.add_argument("--split", choices=["all", "train", "val"], default=None,
                    help="a prepared folder's split [val]; for text, all of it [all] or training's character split")
     p.add_argument("--train-ratio", type=float, default=0.9, help="with --split on text: share of the training part [0.9]")
@@ -738,7 +741,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.task is not None or args.limit is not None:
         return run_eval_task(args)
     # The data is checked before the model is loaded: a bad or empty text costs no waiting.
-    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio)
+    tokens, num_bytes, label = load_eval_tokens(args.data, args.split, args.train_ratio, args.text_field)
     check_eval_tokens(len(tokens))
     device = resolve_device(args.device)
     model = load_eval_model(args.checkpoint, args.pretrained, device)

@@ -130,6 +130,7 @@ class TrainConfig:
     """Everything ``gptrain train`` needs; the defaults are the lecture's run."""
 
     data: str = "the-verdict"
+    text_field: str = "text"  # the field of each .jsonl record that holds the text, as in gptrain prepare
     out: str = "runs/verdict"
     preset: str | None = "124M"
     context_length: int | None = 256
@@ -162,7 +163,7 @@ class TrainConfig:
     compile: bool = False
     # Pad the output head to a multiple of 64 rows (same outputs and checkpoints); None: on CUDA only.
     pad_vocab: bool | None = None
-    eval_freq: int = 5
+    eval_freq: int = 5  # 0: no evaluation (and no best/)
     eval_iter: int = 5
     early_stop_patience: int | None = None
     log_every: int = 1
@@ -200,16 +201,22 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_types(self)
-        for name in ("batch_size", "grad_accum", "eval_freq", "eval_iter", "log_every"):
+        for name in ("batch_size", "grad_accum", "eval_iter", "log_every"):
             _check_positive_int(name, getattr(self, name))
         for name in ("context_length", "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
                      "save_every", "keep_last", "global_batch_tokens", "early_stop_patience"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        for name in ("warmup_steps", "sample_tokens"):
+        for name in ("warmup_steps", "sample_tokens", "eval_freq"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise GptrainError(f"{_flag(name)} must be a non-negative integer, not {value!r}")
+        if self.sample_tokens and not self.start_context:
+            raise GptrainError("--start-context is empty: give the sample after each epoch some text to continue, "
+                               "or --sample-tokens 0 to skip the samples")
+        if self.eval_freq == 0 and self.early_stop_patience is not None:
+            raise GptrainError("--early-stop-patience counts evaluations, and --eval-freq 0 turns them off: "
+                               "give --eval-freq N or drop --early-stop-patience")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise GptrainError(f"--lr must be a positive number, not {self.lr!r}")
         if not 0 <= self.min_lr <= self.lr:
@@ -254,6 +261,9 @@ class TrainConfig:
         for name in ("eval_task_every", "eval_task_limit"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+        if self.eval_task and self.eval_freq == 0 and self.eval_task_every is None:
+            raise GptrainError("--eval-task is scored at each evaluation, and --eval-freq 0 turns them off: "
+                               "give --eval-task-every N")
 
     def _check_transfer_settings(self) -> None:
         from gptrain.lora import expand_targets

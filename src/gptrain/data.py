@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptrain.download import cache_dir, download_file, sha256_of
 from gptrain.errors import GptrainError
+from gptrain.readers import ReadStats, read_jsonl_documents
 from gptrain.tokenizer import END_OF_TEXT, TABLE_SHA256, get_tokenizer
 
 SHARD_FORMAT = "gptrain-shards"
+JSONL_SUFFIX = ".jsonl"
 SHARD_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
 
 
@@ -138,23 +140,44 @@ def read_text_file(path: Path) -> str:
         raise GptrainError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def load_corpus(source: str | Path) -> str:
-    """The text of a named dataset (``the-verdict``), a file, or a folder of ``.txt`` files.
+def read_jsonl_text(path: Path, text_field: str) -> list[str]:
+    """The non-empty documents of a JSON-lines file, read as ``gptrain prepare`` reads them, but a bad
+    line is refused: training on a corpus with lines silently missing would go unnoticed."""
+    stats = ReadStats()
+    try:
+        documents = [text for text in read_jsonl_documents(path, text_field, False, stats) if text]
+    except OSError as exc:
+        raise GptrainError(f"cannot read {path}: {exc.strerror}") from None
+    if stats.skipped_lines:
+        raise GptrainError(
+            f"{stats.skipped_lines:,} line(s) of {path} give no text, the first: {stats.first_skipped}: fix them, "
+            "name the field that holds the text with --text-field, or run gptrain prepare (which skips them)"
+        )
+    return documents
 
-    A folder's files are read in sorted order and joined with ``<|endoftext|>``, GPT-2's
-    document separator.
+
+def read_documents(path: Path, text_field: str) -> list[str]:
+    return read_jsonl_text(path, text_field) if path.suffix == JSONL_SUFFIX else [read_text_file(path)]
+
+
+def load_corpus(source: str | Path, text_field: str = "text") -> str:
+    """The text of a named dataset (``the-verdict``), a ``.txt`` or ``.jsonl`` file, or a folder of them.
+
+    Each ``.txt`` file is a document, and so is the ``text_field`` of each JSON line. Documents are
+    joined with ``<|endoftext|>``, GPT-2's document separator; a folder's files in sorted order.
     """
     if isinstance(source, str) and source in DATASETS and not Path(source).exists():
         path = fetch_dataset(source)
     else:
         path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", JSONL_SUFFIX))
         if not files:
-            raise GptrainError(f"folder {path} holds no .txt files: point --data at a text file or a folder of them")
-        text = END_OF_TEXT.join(read_text_file(p) for p in files)
+            raise GptrainError(f"folder {path} holds no .txt files and no .jsonl files: point --data at a text file "
+                               "or a folder of them")
+        text = END_OF_TEXT.join(doc for p in files for doc in read_documents(p, text_field))
     elif path.is_file():
-        text = read_text_file(path)
+        text = END_OF_TEXT.join(read_documents(path, text_field))
     else:
         names = ", ".join(DATASETS)
         raise GptrainError(f"{source} is neither a file, a folder nor a named dataset ({names}): check the path")

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import safetensors
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gptrain.errors import GptrainError
 from gptrain.model import GPTModel, Linear, unwrap_model
+from gptrain.tensorfile import save_tensors
 
 # Short name -> the layer's path inside trf_blocks.N, and the GPT-2 (Hugging Face) module it becomes.
 TARGETS = {
@@ -198,7 +198,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     metadata = {"format": "pt", "lora": json.dumps(settings)}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {name: tensor.cpu() for name, tensor in adapter_state_dict(model).items()}
-    safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+    save_tensors(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)
     return path
 
@@ -294,7 +294,7 @@ def export_peft_adapter(model: nn.Module, out: str | Path, *, base_model: str | 
 
     out = Path(out)
     with staged_dir(out) as tmp:
-        safetensors.torch.save_file(tensors, tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
+        save_tensors(tensors, tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
         (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
 

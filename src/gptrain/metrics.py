@@ -80,3 +80,26 @@ def truncate_metrics(out: Path, step: int) -> None:
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(table)
+
+
+STARTUP_EVENTS = ("plan", "resume")  # what a run logs before its first step
+
+
+def logged_training(out: Path) -> bool:
+    """Whether ``out/metrics.jsonl`` records any training: a start that failed logged at most its plan
+    (and a transfer run's initial evaluation)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return True  # a damaged log is still someone's record: never treat it as disposable
+            if not isinstance(record, dict) or (record.get("event") not in STARTUP_EVENTS
+                                                 and not record.get("initial")):
+                return True
+    return False

@@ -13,7 +13,6 @@ import collections
 import functools
 import glob
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -29,8 +28,8 @@ from gptrain.checkpoint import staged_dir, write_json_atomic
 from gptrain.data import SHARD_FORMAT, shard_dtype
 from gptrain.errors import GptrainError
 from gptrain.oserrors import check_output_dir
-from gptrain.readers import (DATASET_STATE, SUFFIX_LIST, TABLE_READERS, dataset_files, decompression_errors,
-                             input_kind, is_compressed, open_binary, reject)
+from gptrain.readers import (DATASET_STATE, SUFFIX_LIST, TABLE_READERS, ReadStats, dataset_files,
+                             input_kind, is_compressed, read_jsonl_documents)
 from gptrain.tokenizer import TOKENIZER_NAME
 from gptrain.trained_tokenizer import load_tokenizer, tokenizer_identity
 
@@ -47,11 +46,8 @@ class Piece:
 
 
 @dataclass
-class Stats:
+class Stats(ReadStats):
     documents: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    skipped_lines: int = 0
-    first_skipped: str | None = None
-    bytes_read: int = 0
 
 
 def find_inputs(inputs: list[str]) -> list[Path]:
@@ -119,35 +115,6 @@ def read_text_document(path: Path, stats: Stats) -> Iterator[str]:
                 carry = carry[cut:]
     if carry:
         yield carry
-
-
-def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
-    try:
-        yield from _jsonl_documents(path, text_field, strict, stats)
-    except decompression_errors() as exc:
-        raise GptrainError(f"{path} cannot be decompressed ({exc}): compress it again, or leave it out") from None
-
-
-def _jsonl_documents(path: Path, text_field: str, strict: bool, stats: Stats) -> Iterator[str]:
-    with open_binary(path) as f:
-        for line_number, raw in enumerate(f, start=1):
-            stats.bytes_read += len(raw)
-            if not raw.strip():
-                continue
-            problem = None
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                problem = "is not JSON"
-            else:
-                if not isinstance(record, dict) or text_field not in record:
-                    problem = f"has no {text_field!r} field"
-                elif not isinstance(record[text_field], str):
-                    problem = f"has a {text_field!r} field that is not a string"
-            if problem:
-                reject(stats, f"{path}:{line_number}", problem, strict)
-                continue
-            yield record[text_field]
 
 
 def iter_pieces(paths: list[Path], text_field: str, strict: bool, val_fraction: float, seed: int,

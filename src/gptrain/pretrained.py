@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -40,6 +39,7 @@ from gptrain.errors import GptrainError
 from gptrain.generate import generate
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir, reason_and_fix, wrapped_os_error
+from gptrain.tensorfile import save_tensors
 from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, VOCAB_SIZE, get_tokenizer, gpt2_vocab_and_merges
 from gptrain.tokenizer import text_to_token_ids, token_ids_to_text
 
@@ -574,7 +574,7 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
     tensors = {name: tensor.cpu() for name, tensor in hf_state_dict(model).items()}
     try:
         with staged_dir(out) as tmp:
-            safetensors.torch.save_file(tensors, tmp / HF_SAFETENSORS, metadata={"format": "pt"})
+            save_tensors(tensors, tmp / HF_SAFETENSORS, metadata={"format": "pt"})
             write_json_atomic(tmp / HF_CONFIG, hf_config_dict(model.cfg, tensors["transformer.wte.weight"].dtype))
             write_tokenizer_files(tmp, model.cfg.context_length)
     except (OSError, safetensors.SafetensorError) as exc:

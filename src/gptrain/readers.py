@@ -16,7 +16,8 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import IO, Iterator, Protocol
+from dataclasses import dataclass
+from typing import IO, Iterator
 
 from gptrain.errors import GptrainError
 
@@ -29,12 +30,13 @@ DATASET_STATE = "state.json"  # marks a folder written by datasets' save_to_disk
 CSV_FIELD_LIMIT = 2**31 - 1  # a document can be far longer than csv's 128 KiB default
 
 
-class ReadStats(Protocol):
+@dataclass
+class ReadStats:
     """What readers report back: bytes of input consumed (for progress) and records skipped."""
 
-    bytes_read: int
-    skipped_lines: int
-    first_skipped: str | None
+    bytes_read: int = 0
+    skipped_lines: int = 0
+    first_skipped: str | None = None
 
 
 def input_kind(path: Path) -> str | None:
@@ -210,3 +212,33 @@ def dataset_files(folder: Path) -> list[Path]:
 
 
 TABLE_READERS = {"csv": read_csv_documents, "parquet": read_parquet_documents, "arrow": read_arrow_documents}
+
+
+def read_jsonl_documents(path: Path, text_field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
+    """The ``text_field`` of each record of a JSON-lines file (plain, .gz or .zst): one document per line."""
+    try:
+        yield from _jsonl_documents(path, text_field, strict, stats)
+    except decompression_errors() as exc:
+        raise GptrainError(f"{path} cannot be decompressed ({exc}): compress it again, or leave it out") from None
+
+
+def _jsonl_documents(path: Path, text_field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
+    with open_binary(path) as f:
+        for line_number, raw in enumerate(f, start=1):
+            stats.bytes_read += len(raw)
+            if not raw.strip():
+                continue
+            problem = None
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                problem = "is not JSON"
+            else:
+                if not isinstance(record, dict) or text_field not in record:
+                    problem = f"has no {text_field!r} field"
+                elif not isinstance(record[text_field], str):
+                    problem = f"has a {text_field!r} field that is not a string"
+            if problem:
+                reject(stats, f"{path}:{line_number}", problem, strict)
+                continue
+            yield record[text_field]

@@ -43,7 +43,7 @@ from gptrain.estimate import RunClock, duration, flops_per_token, human, run_cos
 from gptrain.generate import generate, generate_and_print_sample
 from gptrain.loss import calc_loss_batch, calc_loss_loader
 from gptrain.lora import ADAPTER_FILE, PEFT_DIR, add_lora, export_peft_adapter, has_lora, load_adapter
-from gptrain.metrics import MetricsLog, truncate_metrics
+from gptrain.metrics import MetricsLog, logged_training, truncate_metrics
 from gptrain.model import GPTModel, count_parameters, unwrap_model
 from gptrain.oserrors import check_output_dir
 from gptrain.pace import Pace
@@ -182,7 +182,7 @@ def load_windows(cfg: TrainConfig, context_length: int, tokenizer) -> tuple[Toke
         splits = {"train": shards.train, "val": shards.val}
         stride = cfg.stride or context_length
     else:
-        train_text, val_text = split_text(load_corpus(cfg.data), cfg.train_ratio)
+        train_text, val_text = split_text(load_corpus(cfg.data, cfg.text_field), cfg.train_ratio)
         encode = lambda text: np.array(tokenizer.encode(text, allowed_special={END_OF_TEXT}), dtype=np.uint16)
         splits = {"train": encode(train_text), "val": encode(val_text)}
         stride = cfg.stride or context_length
@@ -564,14 +564,30 @@ class StopOnSignal:
 
 # --- The loop ---
 
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "tensorboard", "final", "best", CHECKPOINTS_DIR)
+
+
+def failed_start(out: Path) -> bool:
+    """Whether ``out`` holds only what a run that failed before its first step left: nothing to keep."""
+    saved = any((out / name).exists() for name in ("final", "best", CHECKPOINTS_DIR))
+    return not saved and not logged_training(out)
+
+
 def prepare_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
     check_output_dir(out)
-    existing = [name for name in ("metrics.jsonl", "final", "best", CHECKPOINTS_DIR) if (out / name).exists()]
+    existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not (overwrite or resume):
-        raise GptrainError(
-            f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it, --overwrite to "
-            "replace it, or choose another --out"
-        )
+        if complete_checkpoints(out):
+            raise GptrainError(
+                f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out"
+            )
+        if not failed_start(out):
+            raise GptrainError(
+                f"{out} already holds a run ({', '.join(existing)}) with no complete checkpoint to resume from: "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+        overwrite = True  # a retry of a start that failed reuses its folder
     if overwrite and not resume:
         for name in existing:
             target = out / name
@@ -653,7 +669,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if resume:
         checkpoints = complete_checkpoints(run.out)
         if not checkpoints:
-            raise GptrainError(f"{run.out} holds no complete checkpoint to resume from: train without --resume")
+            fix = ("train without --resume" if failed_start(run.out)
+                   else "pass --overwrite instead of --resume to start it again, or choose another --out")
+            raise GptrainError(f"{run.out} holds no complete checkpoint to resume from: {fix}")
         step, path = checkpoints[-1]
         resume_changes = restore(run, state, path)
         if main:
@@ -675,7 +693,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {cfg.precision}")
     if cfg.init is not None:
         run.echo(describe_start(cfg, run.raw_model))
-        if evaluates and state["step"] == 0:
+        if evaluates and cfg.eval_freq and state["step"] == 0:
             log_evaluation(run, state, 0, started, initial=True)
 
     stopped_by, early_stopped = None, False
@@ -715,7 +733,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                                   grad_norm=grad_norm, tokens_seen=state["tokens_seen"], tokens_per_s=round(rate, 1),
                                   mfu=None if mfu is None else round(mfu, 4))
                 early_stop = False
-                if evaluates and global_step % cfg.eval_freq == 0:
+                # Also at the last step: the summary's "final" losses and best/ must not be older than the run.
+                last = state["step"] == run.total_steps
+                if evaluates and cfg.eval_freq and (global_step % cfg.eval_freq == 0 or last):
                     early_stop = log_evaluation(run, state, global_step, started)
                 if eval_tasks and global_step % (cfg.eval_task_every or cfg.eval_freq) == 0:
                     log_task_scores(run, eval_tasks, global_step, state["tokens_seen"])
@@ -772,9 +792,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
                         run.out / "loss.png")
         write_report(run.out)
-    if not stopped_by and state["train_losses"]:
-        run.echo(f"Done in {wall:.1f} s: final train loss {state['train_losses'][-1]:.3f}, "
-                 f"val loss {state['val_losses'][-1]:.3f}; checkpoints in {run.out}/final and {run.out}/best"
+    if not stopped_by and (state["train_losses"] or not cfg.eval_freq):
+        outcome = (f"final train loss {state['train_losses'][-1]:.3f}, val loss {state['val_losses'][-1]:.3f}; "
+                   f"checkpoints in {run.out}/final and {run.out}/best" if cfg.eval_freq
+                   else f"evaluation was off (--eval-freq 0), so no losses and no best/; checkpoint in {run.out}/final")
+        run.echo(f"Done in {wall:.1f} s: {outcome}"
                  + ("" if cost is None else f"; cost {cost:,.2f} at {cfg.price_per_hour:g} per device-hour"))
     return {"run_dir": str(run.out), "steps": state["step"], "tokens_seen": state["tokens_seen"],
             "train_losses": state["train_losses"], "val_losses": state["val_losses"],
