@@ -28,8 +28,8 @@ from common import find_verdict, machine_description  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptrain.config import GPTConfig, get_preset  # noqa: E402
-from gptrain.estimate import cpu_runtime_memory, memory_per_device  # noqa: E402
+from gptrain.model.config import GPTConfig, get_preset
+from gptrain.planning.estimate import cpu_runtime_memory, memory_per_device
 
 GPTRAIN = [sys.executable, "-m", "gptrain"]
 
@@ -37,10 +37,10 @@ GPTRAIN = [sys.executable, "-m", "gptrain"]
 STEP_SCRIPT = r"""
 import json, resource, sys
 import torch
-from gptrain.config import GPTConfig, TrainConfig
+from gptrain.training.config import GPTConfig, TrainConfig
 from gptrain.model import GPTModel
-from gptrain.runtime import retain_freed_memory
-from gptrain.train import forward_backward, make_optimizer
+from gptrain.core.runtime import retain_freed_memory
+from gptrain.training.loop import forward_backward, make_optimizer
 
 cfg, batch, precision, device = GPTConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3], torch.device(sys.argv[4])
 if device.type == "cpu" and sys.argv[5] == "retained":
@@ -134,7 +134,7 @@ def main() -> None:
                         help="also the peak RSS with gptrain train's allocator setting, which keeps freed memory")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    from gptrain.runtime import resolve_precision
+    from gptrain.core.runtime import resolve_precision
 
     precision = resolve_precision("auto", torch.device(device))
     print(f"{machine_description(torch.device(device))}; the machine is shared with other users' processes")

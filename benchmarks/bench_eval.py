@@ -1,6 +1,6 @@
 """Evaluation speed: `gptrain eval`'s sliding windows against HF GPT2LMHeadModel on the same windows.
 
-The same weights in both models, the same windows (`gptrain.evaluate.sliding_windows`) and
+The same weights in both models, the same windows (`gptrain.evaluation.heldout.sliding_windows`) and
 batches; HF scores them with its own loss (labels with -100 where a window's predictions are
 not scored). Runs alternate, so drifts in machine load hit both alike. Prints the loss of each
 (they agree to 1e-4) and scored tokens per second.
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.evaluate import encode, evaluate_tokens, sliding_windows  # noqa: E402
-from gptrain.model import GPTModel  # noqa: E402
-from gptrain.runtime import AUTOCAST_DTYPES, resolve_device  # noqa: E402
+from gptrain.evaluation.heldout import encode, evaluate_tokens, sliding_windows
+from gptrain.model.gpt import GPTModel
+from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
 
 
 def ours(model, tokens, context, stride, batch, precision):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import book_model_from, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import GPTModel, get_preset  # noqa: E402
-from gptrain.generate import generate  # noqa: E402
+from gptrain.inference.generate import generate
 
 SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
             "fp32-b8": (torch.float32, 8), "bf16-b8": (torch.bfloat16, 8)}

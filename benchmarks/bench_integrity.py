@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gptrain import GPTModel, get_preset, load_checkpoint, save_checkpoint
-from gptrain.resume import data_fingerprint
+from gptrain.training.resume import data_fingerprint
 
 
 def timed(func) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
         for _ in range(args.rounds):
             times["save with manifest"].append(timed(lambda: save_checkpoint(model, path)))
             times["load with check"].append(timed(lambda: load_checkpoint(path)))
-            with mock.patch("gptrain.checkpoint.write_manifest"), mock.patch("gptrain.checkpoint.read_verified", lambda folder, name, read: read()):
+            with mock.patch("gptrain.store.integrity.write_manifest"), mock.patch("gptrain.store.integrity.read_verified", lambda folder, name, read: read()):
                 times["save without"].append(timed(lambda: save_checkpoint(model, path)))
                 times["load without"].append(timed(lambda: load_checkpoint(path)))
         tokens = np.random.default_rng(0).integers(0, 50257, args.tokens, dtype=np.uint16)

@@ -34,11 +34,12 @@ def worker(args) -> None:
     import torch
     from torch import nn
 
-    from gptrain.config import TrainConfig
-    from gptrain.model import GPTModel
-    from gptrain.parallel import checkpoint_activations, shard_model
-    from gptrain.runtime import peak_memory_mb, retain_freed_memory, start_processes
-    from gptrain.train import forward_backward, make_optimizer
+    from gptrain.training.config import TrainConfig
+    from gptrain.model.gpt import GPTModel
+    from gptrain.training.parallel import checkpoint_activations, shard_model
+    from gptrain.core.runtime import peak_memory_mb, retain_freed_memory, start_processes
+    from gptrain.training.step import forward_backward
+    from gptrain.training.optim import make_optimizer
 
     procs, device = start_processes(args.device)
     if device.type == "cpu" and args.mode != "FSDP x2":
@@ -84,7 +85,7 @@ def model_states_held_gb(model, optimizer) -> float:
 
 def model_states_gb(size: str) -> float:
     """Weights, gradients and AdamW's two moments of the whole model in fp32: 16 bytes per parameter."""
-    from gptrain.config import get_preset
+    from gptrain.model.config import get_preset
 
     cfg = get_preset(size)
     per_block = 12 * cfg.emb_dim**2 + 13 * cfg.emb_dim
@@ -96,7 +97,7 @@ def needed_gb(size: str, mode: str, args) -> float:
     """A generous estimate of the whole machine's memory for one configuration, to decide whether to run it:
     per process half a GB of Python and torch, the activations (fp32, with their gradients), and the model
     states that process holds."""
-    from gptrain.config import get_preset
+    from gptrain.model.config import get_preset
 
     cfg = get_preset(size)
     states = model_states_gb(size)

@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
 from gptrain import GPTModel, TrainConfig, get_tokenizer  # noqa: E402
-from gptrain.data import TokenWindows  # noqa: E402
-from gptrain.optim import lr_at, make_optimizer, set_lr  # noqa: E402
-from gptrain.runtime import resolve_precision  # noqa: E402
-from gptrain.tokenizer import END_OF_TEXT  # noqa: E402
-from gptrain.train import epoch_order  # noqa: E402
+from gptrain.data.corpus import TokenWindows
+from gptrain.training.optim import lr_at, make_optimizer, set_lr
+from gptrain.core.runtime import resolve_precision
+from gptrain.data.tokenizer import END_OF_TEXT
+from gptrain.training.step import epoch_order
 
 MODEL = dict(preset="tiny", context_length=128)
 MODEL_SHAPE = dict(emb_dim=128, n_heads=4, n_layers=4)

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, machine_description  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.model import GPTModel  # noqa: E402
-from gptrain.pretrained import export_hf  # noqa: E402
-from gptrain.runtime import resolve_device  # noqa: E402
-from gptrain.tasks import evaluate_task, read_task_file  # noqa: E402
+from gptrain.model.gpt import GPTModel
+from gptrain.interop.pretrained import export_hf
+from gptrain.core.runtime import resolve_device
+from gptrain.evaluation.tasks import evaluate_task, read_task_file
 
 
 def write_task_files(folder: Path, count: int, seed: int = 123) -> dict[str, Path]:

@@ -4,7 +4,7 @@ One process, the same initial weights copied into every model, the same batches,
 alternating timed runs (each round times every implementation once, in turn), so drifts in
 machine load hit all of them alike. A step is: zero the gradients, forward, cross-entropy,
 backward, AdamW update (lr 4e-4, weight decay 0.1). gptrain runs its own training step
-(`gptrain.train.forward_backward` and its optimizer set-up), the others the book's loop.
+(`gptrain.training.step.forward_backward` and its optimizer set-up), the others the book's loop.
 
     python benchmarks/bench_train.py                       # the lecture's step: 124M, context 256, batch 2
     python benchmarks/bench_train.py --precision bf16
@@ -32,10 +32,11 @@ from common import (  # noqa: E402
 )
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
-from gptrain.model import GPTModel  # noqa: E402
-from gptrain.runtime import peak_flops, retain_freed_memory  # noqa: E402
-from gptrain.estimate import flops_per_token  # noqa: E402
-from gptrain.train import forward_backward, make_optimizer  # noqa: E402
+from gptrain.model.gpt import GPTModel
+from gptrain.core.runtime import peak_flops, retain_freed_memory
+from gptrain.model.counts import flops_per_token
+from gptrain.training.step import forward_backward
+from gptrain.training.optim import make_optimizer
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

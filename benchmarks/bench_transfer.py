@@ -97,7 +97,7 @@ def trained_parameters(result: dict, total: int) -> int:
 def gpt2_124m_source(work: Path) -> tuple[str, bool]:
     """OpenAI's 124M from the cache, or random weights in its shape (tied head, qkv bias)."""
     from gptrain import GPTModel, save_checkpoint
-    from gptrain.download import cache_dir
+    from gptrain.core.download import cache_dir
 
     if (cache_dir() / "gpt2" / "124M" / "model.safetensors").is_file():
         return "124M", True

@@ -39,11 +39,13 @@ from bench_serve import run_load, start_server  # noqa: E402
 from common import machine_description  # noqa: E402
 
 from gptrain import GPTConfig, GPTModel, TrainConfig, generate, get_preset, save_checkpoint  # noqa: E402
-from gptrain.estimate import (accelerator_of_device, cpu_peak_flops, flops_per_token, measure_throughput,  # noqa: E402
-                               parameter_counts)
-from gptrain.parallel import checkpoint_activations  # noqa: E402
-from gptrain.runtime import autocast_context  # noqa: E402
-from gptrain.train import forward_backward, make_optimizer  # noqa: E402
+from gptrain.core.accelerators import accelerator_of_device
+from gptrain.planning.estimate import cpu_peak_flops, measure_throughput
+from gptrain.model.counts import flops_per_token, parameter_counts
+from gptrain.training.parallel import checkpoint_activations
+from gptrain.core.runtime import autocast_context
+from gptrain.training.step import forward_backward
+from gptrain.training.optim import make_optimizer
 
 REPO = HERE.parent
 TEST_DATA = REPO / "tests" / "data"  # the lecture's corpus, shipped with the tests

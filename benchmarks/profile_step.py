@@ -25,9 +25,9 @@ from bench_train import DTYPES, book_step, gptrain_step  # noqa: E402
 from common import book_model_from, glibc_default_memory, machine_description  # noqa: E402
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
-from gptrain.model import GPTModel  # noqa: E402
-from gptrain.runtime import retain_freed_memory  # noqa: E402
-from gptrain.train import make_optimizer  # noqa: E402
+from gptrain.model.gpt import GPTModel
+from gptrain.core.runtime import retain_freed_memory
+from gptrain.training.optim import make_optimizer
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def serving_as_hub_gpt2(folder: Path, size: str, monkeypatch):
     Yields (server, weights bytes)."""
     from httpserver import FileServer
 
-    from gptrain import pretrained
+    from gptrain.interop import pretrained as pretrained
 
     weights = (folder / "model.safetensors").read_bytes()
     monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, size, (hashlib.sha256(weights).hexdigest(), len(weights)))

@@ -6,12 +6,12 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from gptrain import prepare as prepare_module
-from gptrain.bpe_training import new_tokenizer, train_tokenizer
+from gptrain.data import prepare as prepare_module
+from gptrain.data.bpe_training import new_tokenizer, train_tokenizer
 from gptrain.cli import main
-from gptrain.prepare import prepare
-from gptrain.tokenizer import END_OF_TEXT, TABLE_SHA256, bytes_to_unicode, get_tokenizer
-from gptrain.trained_tokenizer import TrainedTokenizer, load_tokenizer
+from gptrain.data.prepare import prepare
+from gptrain.data.tokenizer import END_OF_TEXT, TABLE_SHA256, bytes_to_unicode, get_tokenizer
+from gptrain.data.trained_tokenizer import TrainedTokenizer, load_tokenizer
 
 TEXTS = ["It had always been his fate to have women say such things of him.\n\n  Indented, 12345 dogs!",
          "héllo wörld, 日本語 and an emoji 🙂\r\n", f"two documents{END_OF_TEXT}in one string", " ", ""]

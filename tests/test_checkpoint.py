@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from gptrain import GPTModel, export_hf, load_checkpoint, save_checkpoint
-from gptrain.checkpoint import load_training_state, resolve_checkpoint
-from gptrain.lora import add_lora, export_peft_adapter
-from gptrain.prepare import prepare
+from gptrain.store.checkpoint import load_training_state, resolve_checkpoint
+from gptrain.model.lora import add_lora, export_peft_adapter
+from gptrain.data.prepare import prepare
 
 
 def test_round_trip_rebuilds_the_model_from_its_own_config(tmp_path, tiny_cfg):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from gptrain.cli import main
-from gptrain.errors import GptrainError
+from gptrain.core.errors import GptrainError
 
 
 def run_cli(*args, cwd=None):
@@ -147,7 +147,7 @@ def test_an_unknown_setting_names_the_closest_one(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     assert capsys.readouterr().err.strip().endswith("unknown setting(s) foo; the settings are gptrain train's flags "
                                                     "with _ for - (see gptrain train --help)")
-    from gptrain.config import GPTConfig
+    from gptrain.model.config import GPTConfig
 
     with pytest.raises(GptrainError, match=r"^model config: unknown key\(s\) n_layer \(did you mean n_layers\?\)$"):
         GPTConfig.from_dict({"n_layer": 2})

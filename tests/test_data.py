@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gptrain import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
-from gptrain import data as data_module
-from gptrain.data import NamedDataset, fetch_dataset
-from gptrain.download import download_file
+from gptrain.data import corpus as data_module
+from gptrain.data.corpus import NamedDataset, fetch_dataset
+from gptrain.core.download import download_file
 
 from conftest import VERDICT_SHA256
 from httpserver import FileServer

@@ -9,18 +9,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptrain import GPTConfig, GPTModel
 from gptrain.cli import main
-from gptrain.config import PRESETS
-from gptrain.estimate import (
-    Plan,
-    accelerator_of_device,
-    activation_bytes,
-    estimate,
-    find_accelerator,
-    flops_per_token,
-    memory_per_device,
-    parameter_counts,
-)
-from gptrain.model import count_parameters
+from gptrain.model.config import PRESETS
+from gptrain.planning.estimate import Plan, activation_bytes, estimate, memory_per_device
+from gptrain.core.accelerators import accelerator_of_device, find_accelerator
+from gptrain.model.counts import flops_per_token, parameter_counts
+from gptrain.model.gpt import count_parameters
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -158,9 +151,9 @@ def test_bad_inputs_print_one_line_and_exit_2(args, message, capsys):
 
 
 def test_a_run_states_its_plan_and_reports_its_cost_and_flops(tmp_path, story_page):
-    from gptrain.config import TrainConfig
-    from gptrain.report import read_run, summarize
-    from gptrain.train import train
+    from gptrain.training.config import TrainConfig
+    from gptrain.reporting.report import read_run, summarize
+    from gptrain.training.loop import train
 
     lines = []
     cfg = TrainConfig(data=str(story_page), out=str(tmp_path / "run"), preset="tiny", context_length=32, batch_size=4,
@@ -185,7 +178,7 @@ def test_a_run_states_its_plan_and_reports_its_cost_and_flops(tmp_path, story_pa
 
 
 def test_the_clock_predicts_from_the_steps_after_the_first():
-    from gptrain.estimate import RunClock
+    from gptrain.training.clock import RunClock
 
     clock = RunClock(total_steps=10)
     before_first = time.perf_counter()
@@ -201,8 +194,8 @@ def test_the_clock_predicts_from_the_steps_after_the_first():
 
 
 def test_price_per_hour_must_be_a_price():
-    from gptrain.config import TrainConfig
-    from gptrain.errors import GptrainError
+    from gptrain.training.config import TrainConfig
+    from gptrain.core.errors import GptrainError
 
     with pytest.raises(GptrainError, match="--price-per-hour must be a non-negative number"):
         TrainConfig(price_per_hour=-1.0)
@@ -222,7 +215,7 @@ def test_measure_times_real_steps_on_this_machine(tiny_cfg):
 
 
 def test_measure_needs_the_gpu_it_measures(tiny_cfg):
-    from gptrain.errors import GptrainError
+    from gptrain.core.errors import GptrainError
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -231,7 +224,7 @@ def test_measure_needs_the_gpu_it_measures(tiny_cfg):
 
 
 def test_the_model_comes_from_a_checkpoint_or_a_hugging_face_folder(tmp_path, tiny_cfg, capsys):
-    from gptrain.checkpoint import save_checkpoint
+    from gptrain.store.checkpoint import save_checkpoint
 
     save_checkpoint(GPTModel(tiny_cfg), tmp_path / "ckpt")
     hf = tmp_path / "hf"

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from gptrain import GPTConfig, GPTModel, save_checkpoint
 from gptrain.cli import main
-from gptrain.data import open_shards, split_text
-from gptrain.evaluate import encode, evaluate_text, evaluate_tokens, sliding_windows
-from gptrain.prepare import prepare
-from gptrain.runtime import resolve_precision
+from gptrain.data.corpus import open_shards, split_text
+from gptrain.evaluation.heldout import encode, evaluate_text, evaluate_tokens, sliding_windows
+from gptrain.data.prepare import prepare
+from gptrain.core.runtime import resolve_precision
 
 
 def seeded_model(cfg: GPTConfig, seed: int = 1) -> GPTModel:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptrain import GPTModel, export_hf, get_tokenizer, load_checkpoint, load_gpt2, save_checkpoint
-from gptrain.errors import GptrainError
+from gptrain.core.errors import GptrainError
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
-from gptrain.generate import generate
-from gptrain.model import Linear
+from gptrain.inference.generate import generate
+from gptrain.model.gpt import Linear
 
 
 def linear_weights(model):

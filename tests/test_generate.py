@@ -9,7 +9,7 @@ from gptrain import (
     generate_text_simple,
     text_to_token_ids,
 )
-from gptrain.generate import keep_top_p, select_next_token, stream_text
+from gptrain.inference.generate import keep_top_p, select_next_token, stream_text
 
 LECTURE_LOGITS = torch.tensor([[2.1, 1.3, 0.8]])
 

@@ -8,7 +8,7 @@ import torch
 
 from gptrain import GPTModel, get_tokenizer, save_checkpoint
 from gptrain.cli import main
-from gptrain.generate import generate
+from gptrain.inference.generate import generate
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from gptrain import GPTConfig, GPTModel, TrainConfig, generate, get_tokenizer, load_checkpoint, save_checkpoint, train
-from gptrain.checkpoint import load_training_state
+from gptrain.store.checkpoint import load_training_state
 from gptrain.cli import main
-from gptrain.estimate import Plan, accelerator_of_device, estimate
-from gptrain.optim import make_optimizer
+from gptrain.planning.estimate import Plan, estimate
+from gptrain.core.accelerators import accelerator_of_device
+from gptrain.training.optim import make_optimizer
 
 from test_serve import running_server
 
@@ -116,7 +117,7 @@ DDP_AND_FSDP = """
     import copy, json, os, sys
     import torch, torch.distributed as dist, torch.nn.functional as F
     from gptrain import GPTConfig, GPTModel
-    from gptrain.parallel import local_value, shard_model
+    from gptrain.training.parallel import local_value, shard_model
 
     dist.init_process_group("nccl")
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

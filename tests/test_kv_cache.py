@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
-from gptrain.generate import generate, generate_batch, stream_tokens
-from gptrain.model import KVCache, Linear, _inner_slices, store_weights_transposed
+from gptrain.inference.generate import generate, generate_batch, stream_tokens
+from gptrain.model.gpt import KVCache, Linear, _inner_slices, store_weights_transposed
 
 
 @pytest.fixture

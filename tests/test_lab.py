@@ -10,14 +10,8 @@ import torch.nn.functional as F
 
 from gptrain import GPTModel, save_checkpoint
 from gptrain.cli import main
-from gptrain.generate import generate
-from gptrain.lab import (
-    cross_entropy_rows,
-    multinomial_counts,
-    parse_grid,
-    softmax_at_temperatures,
-    sweep,
-)
+from gptrain.inference.generate import generate
+from gptrain.lecture.lab import cross_entropy_rows, multinomial_counts, parse_grid, softmax_at_temperatures, sweep
 
 
 def run_cli(*args):

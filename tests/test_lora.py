@@ -9,10 +9,9 @@ import torch
 from gpt2_files import save_openai_layout, tiny_hf_model
 from gptrain import GPTModel, TrainConfig, create_dataloader_v1, export_hf, load_checkpoint, train, train_model_simple
 
-from gptrain.lora import (LoRALinear, add_lora, adapter_state_dict, export_peft_adapter, load_adapter, lora_layers,
-                          merge_lora)
-from gptrain.optim import make_optimizer
-from gptrain.pretrained import load_gpt2
+from gptrain.model.lora import LoRALinear, add_lora, adapter_state_dict, export_peft_adapter, load_adapter, lora_layers, merge_lora
+from gptrain.training.optim import make_optimizer
+from gptrain.interop.pretrained import load_gpt2
 
 quiet = lambda line: None
 
@@ -157,7 +156,7 @@ def test_lora_run_saves_merged_weights_adapter_and_peft_folder_and_resumes_bit_e
 
 def test_resume_refuses_other_lora_settings(tmp_path, hf_source, story_page):
     train(lora_run(tmp_path, story_page, hf_source, max_steps=1, save_every=1), echo=quiet)
-    from gptrain.errors import GptrainError
+    from gptrain.core.errors import GptrainError
 
     with pytest.raises(GptrainError, match="cannot resume .* with --lora-rank 4: it was trained with 2"):
         train(lora_run(tmp_path, story_page, hf_source, max_steps=2, lora_rank=4), resume=True, echo=quiet)

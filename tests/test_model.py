@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gptrain import GPT_CONFIG_124M, PRESETS, GPTConfig, GPTModel, count_parameters, get_preset
-from gptrain.model import MultiHeadAttention
+from gptrain.model.gpt import MultiHeadAttention
 
 
 def naive_causal_attention(att: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:

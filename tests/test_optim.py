@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from gptrain import GPTModel, TrainConfig, load_checkpoint, train
-from gptrain.errors import GptrainError
-from gptrain.optim import MuonWithAdamW, lr_at, make_optimizer, set_lr
-from gptrain.train import make_optimizer as make_optimizer_from_train
+from gptrain.core.errors import GptrainError
+from gptrain.training.optim import MuonWithAdamW, lr_at, make_optimizer, set_lr
+from gptrain.training.optim import make_optimizer as make_optimizer_from_train
 
 
 def quiet(line):

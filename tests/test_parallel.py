@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from gptrain import GPTConfig, GPTModel, TrainConfig, load_checkpoint, save_checkpoint, train
-from gptrain.checkpoint import complete_checkpoints
-from gptrain.parallel import checkpoint_activations
+from gptrain.store.checkpoint import complete_checkpoints
+from gptrain.training.parallel import checkpoint_activations
 
 STEPS = 8
 

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from gptrain import prepare as prepare_module
+from gptrain.data import prepare as prepare_module
 from gptrain.cli import main
-from gptrain.data import open_shards
-from gptrain.prepare import prepare, split_point
+from gptrain.data.corpus import open_shards
+from gptrain.data.prepare import prepare, split_point
 
 EOT = 50256
 

@@ -8,8 +8,8 @@ import torch
 
 from gpt2_files import save_openai_layout, save_pickle_layout, serving_as_hub_gpt2, tiny_hf_model, write_config
 from gptrain import GPTConfig, GPTModel, download_gpt2, generate, load_gpt2, load_weights_into_gpt, save_checkpoint
-from gptrain import pretrained
-from gptrain.errors import GptrainError
+from gptrain.interop import pretrained as pretrained
+from gptrain.core.errors import GptrainError
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,7 +9,7 @@ import torch
 
 from gpt2_files import serving_as_hub_gpt2
 from gptrain import GPTModel, export_hf, generate, get_tokenizer, save_checkpoint, text_to_token_ids
-from gptrain import pretrained
+from gptrain.interop import pretrained as pretrained
 from gptrain.cli import main
 
 

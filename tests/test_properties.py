@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptrain import GPTModel, TrainConfig
-from gptrain.config import read_config_file
-from gptrain.data import SHARD_DTYPE
-from gptrain.errors import GptrainError
-from gptrain.evaluate import evaluate_text
-from gptrain.generate import generate
-from gptrain.prepare import prepare
-from gptrain.tokenizer import END_OF_TEXT_ID, get_tokenizer, text_to_token_ids, token_ids_to_text
+from gptrain.training.config import read_config_file
+from gptrain.data.corpus import SHARD_DTYPE
+from gptrain.core.errors import GptrainError
+from gptrain.evaluation.heldout import evaluate_text
+from gptrain.inference.generate import generate
+from gptrain.data.prepare import prepare
+from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer, text_to_token_ids, token_ids_to_text
 
 EXAMPLES = {"tokenizer": 300, "prepare_bytes": 40, "prepare_jsonl": 40, "config": 300, "generate": 25, "eval": 40}
 # Fixtures reused across examples are read-only, or each example writes under its own name.

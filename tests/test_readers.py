@@ -11,8 +11,8 @@ import zstandard
 from datasets import Dataset
 
 from gptrain.cli import main
-from gptrain.prepare import Stats, prepare
-from gptrain.readers import read_parquet_documents
+from gptrain.data.prepare import Stats, prepare
+from gptrain.data.readers import read_parquet_documents
 
 # Twenty documents with what breaks naive readers: quotes, commas, newlines, \r\n, non-ASCII.
 TEXTS = [f'Document {i}: "quoted", commas, and a line\nbreak.\r\nÜmlaut {i * 7} 日本 🙂' + " tail" * i

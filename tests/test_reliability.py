@@ -17,10 +17,10 @@ import pytest
 
 from gptrain import TrainConfig, load_checkpoint, train
 from gptrain.cli import main
-from gptrain.errors import GptrainError
-from gptrain.integrity import MANIFEST_FILE, verify_path
-from gptrain.prepare import prepare
-from gptrain.runlock import LOCK_FILE, RunLock, locks_run_dir
+from gptrain.core.errors import GptrainError
+from gptrain.store.integrity import MANIFEST_FILE, verify_path
+from gptrain.data.prepare import prepare
+from gptrain.training.runlock import LOCK_FILE, RunLock, locks_run_dir
 
 
 def quiet(line):
@@ -189,7 +189,7 @@ def test_eval_unreadable_and_odd_data(capsys, run_dir, spots, tmp_path):
 def test_download_into_a_bad_cache(capsys, monkeypatch, tmp_path):
     from httpserver import FileServer
 
-    from gptrain import pretrained
+    from gptrain.interop import pretrained as pretrained
 
     weights = b"\0" * 200_000
     monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, "124M", (hashlib.sha256(weights).hexdigest(), len(weights)))

@@ -9,9 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from gptrain import report as report_module
+from gptrain.reporting import report as report_module
 from gptrain.cli import main
-from gptrain.report import read_run, sample_html, summarize, write_report
+from gptrain.reporting.report import read_run, sample_html, summarize, write_report
 
 RUN_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44)}  # matplotlib's first three
 

@@ -9,10 +9,10 @@ import pytest
 
 from gptrain import TrainConfig, get_tokenizer, train
 from gptrain.cli import main
-from gptrain.data import load_corpus
-from gptrain.errors import GptrainError
-from gptrain.prepare import prepare
-from gptrain.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
+from gptrain.data.corpus import load_corpus
+from gptrain.core.errors import GptrainError
+from gptrain.data.prepare import prepare
+from gptrain.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 
 def tiny_run(tmp_path, data, **overrides) -> TrainConfig:

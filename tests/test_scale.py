@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gptrain import TrainConfig, load_checkpoint, train
-from gptrain.prepare import prepare
-from gptrain.checkpoint import complete_checkpoints
+from gptrain.data.prepare import prepare
+from gptrain.store.checkpoint import complete_checkpoints
 
 
 def quiet(line):

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, save_checkpoint
-from gptrain.batching import BatchingEngine, QueueFull, Sequence
+from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence
 from gptrain.cli import main
-from gptrain.generate import generate
-from gptrain.serve import ServeConfig, make_server, url_of
+from gptrain.inference.generate import generate
+from gptrain.inference.serve import ServeConfig, make_server, url_of
 
 CONTEXT = 128
 PROMPTS = ["Every effort moves you", "I had always thought Jack Gisburn", "Hello", "The sketch of the donkey",

@@ -68,7 +68,7 @@ def test_saving_a_padded_model_gives_the_unpadded_checkpoint(tmp_path, tiny_cfg)
 def test_keeping_freed_memory_changes_no_number(tmp_path, story_page):
     """retain_freed_memory only changes where buffers come from: the losses are bit-identical."""
     script = (
-        "import json, sys; import gptrain.runtime as r\n"
+        "import json, sys; import gptrain.core.runtime as r\n"
         "if sys.argv[1] == 'off': r.retain_freed_memory = lambda *a, **k: False\n"
         "from gptrain import TrainConfig, train\n"
         f"s = train(TrainConfig(data={str(story_page)!r}, out=sys.argv[2], preset='tiny', context_length=32, "

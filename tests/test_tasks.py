@@ -10,10 +10,10 @@ import torch
 
 from gptrain import GPTConfig, GPTModel, export_hf, save_checkpoint
 from gptrain.cli import main
-from gptrain.generate import generate_text_simple
-from gptrain.report import read_run
-from gptrain.tasks import encode_pair, evaluate_task, read_task_file, score_examples
-from gptrain.tokenizer import get_tokenizer, text_to_token_ids
+from gptrain.inference.generate import generate_text_simple
+from gptrain.reporting.report import read_run
+from gptrain.evaluation.tasks import encode_pair, evaluate_task, read_task_file, score_examples
+from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 
 # The public formats: HellaSwag's validation file (rowanz/hellaswag; the label an int there, a string on
 # the Hugging Face hub), OpenAI's LAMBADA test file, and gptrain's generic multiple choice. Contexts long
@@ -202,7 +202,7 @@ def test_batch_size_and_limit(setup):
 def test_hellaswag_with_ctx_only():
     """Files that carry only ``ctx`` (no ctx_a/ctx_b) use it as the context."""
     doc = {"activity_label": "Cooking", "ctx": "A man cuts onions. [step] He", "endings": ["cries.", "sings."], "label": 0}
-    from gptrain.tasks import hellaswag_example
+    from gptrain.evaluation.tasks import hellaswag_example
 
     example = hellaswag_example(doc, "x")
     assert example.context == "Cooking: A man cuts onions. He"

@@ -5,7 +5,7 @@ import tiktoken
 import torch
 
 from gptrain import get_tokenizer, text_to_token_ids, token_ids_to_text
-from gptrain import tokenizer as tokenizer_module
+from gptrain.data import tokenizer as tokenizer_module
 
 
 def test_is_a_tiktoken_encoding_with_gpt2_special_token(tokenizer):

@@ -6,7 +6,7 @@ import torch
 
 from gptrain import GPTModel, TrainConfig, calc_loss_batch, evaluate_model, create_dataloader_v1, plot_losses
 from gptrain import load_checkpoint, train
-from gptrain.train import lr_at, make_optimizer
+from gptrain.training.optim import lr_at, make_optimizer
 
 
 def tiny_run(tmp_path, verdict_path, **overrides) -> TrainConfig:
@@ -113,14 +113,14 @@ def test_bad_settings(bad):
 
 
 def test_auto_precision_is_saved_resolved(tmp_path, story_page):
-    from gptrain.runtime import cpu_has_native_bf16
+    from gptrain.core.runtime import cpu_has_native_bf16
     train(tiny_run(tmp_path, story_page, epochs=1, precision="auto"), echo=lambda line: None)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
     assert saved == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_overfitting_is_train_falling_while_val_rises():
-    from gptrain.train import overfitting
+    from gptrain.training.loop import overfitting
     assert overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.2])
     assert not overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.05])  # val dipped
     assert not overfitting([5.0, 5.1, 3.0], [6.0, 6.1, 6.2])  # train did not fall every time

@@ -10,12 +10,12 @@ import torch
 from gpt2_files import save_openai_layout, tiny_hf_model
 from gptrain import GPTModel, TrainConfig, load_checkpoint, save_checkpoint, train
 from gptrain.cli import main
-from gptrain.data import TokenWindows, load_corpus, split_text
-from gptrain.errors import GptrainError
-from gptrain.evaluate import evaluate_tokens
-from gptrain.pretrained import load_gpt2
-from gptrain.tokenizer import get_tokenizer
-from gptrain.transfer import load_init_model
+from gptrain.data.corpus import TokenWindows, load_corpus, split_text
+from gptrain.core.errors import GptrainError
+from gptrain.evaluation.heldout import evaluate_tokens
+from gptrain.interop.pretrained import load_gpt2
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.training.transfer import load_init_model
 
 quiet = lambda line: None
 CONTEXT = 32

@@ -5,12 +5,11 @@ The lecture's functions are importable from here under the names the lecture use
     from gptrain import GPTModel, GPT_CONFIG_124M, get_tokenizer, text_to_token_ids, ...
 """
 
-from gptrain.checkpoint import load_checkpoint, save_checkpoint
-from gptrain.config import GPT_CONFIG_124M, PRESETS, GPTConfig, TrainConfig, get_preset
-from gptrain.data import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
-from gptrain.errors import GptrainError
-from gptrain.evaluate import evaluate_text, evaluate_tokens
-from gptrain.generate import (
+from gptrain.core.errors import GptrainError
+from gptrain.data.corpus import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
+from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
+from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens
+from gptrain.inference.generate import (
     generate,
     generate_and_print_sample,
     generate_batch,
@@ -19,9 +18,9 @@ from gptrain.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
-from gptrain.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
-from gptrain.model import (
+from gptrain.interop.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
+from gptrain.model.config import PRESETS, GPTConfig, get_preset
+from gptrain.model.gpt import (
     FeedForward,
     GPTModel,
     KVCache,
@@ -30,10 +29,13 @@ from gptrain.model import (
     count_parameters,
     store_weights_transposed,
 )
-from gptrain.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
-from gptrain.report import write_report
-from gptrain.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
-from gptrain.train import evaluate_model, plot_losses, train, train_model_simple
+from gptrain.model.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
+from gptrain.model.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
+from gptrain.reporting.report import write_report
+from gptrain.store.checkpoint import load_checkpoint, save_checkpoint
+from gptrain.training.book import evaluate_model, plot_losses, train_model_simple
+from gptrain.training.config import GPT_CONFIG_124M, TrainConfig
+from gptrain.training.loop import train
 
 __version__ = "0.1.0"
 

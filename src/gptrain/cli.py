@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Sequence
 
-from gptrain.errors import GptrainError
+from gptrain.core.errors import GptrainError
 
 
 class Parser(argparse.ArgumentParser):
@@ -369,7 +369,7 @@ def add_serve_parser(subparsers) -> None:
 
 
 def add_lab_parser(subparsers) -> None:
-    from gptrain import lab
+    from gptrain.lecture import lab as lab
 
     p = subparsers.add_parser(
         "lab", help="the lecture's sampling exercises: temperature, multinomial, loss, sweep",
@@ -496,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gptrain.config import TrainConfig, read_config_file
-    from gptrain.train import train
+    from gptrain.training.config import TrainConfig, read_config_file
+    from gptrain.training.loop import train
 
     flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume"}}
     settings = {}
@@ -523,7 +523,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from gptrain.prepare import prepare
+    from gptrain.data.prepare import prepare
 
     if args.workers is not None and args.workers < 1:
         raise GptrainError(f"--workers must be at least 1, not {args.workers}")
@@ -545,10 +545,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from gptrain.checkpoint import load_checkpoint
-    from gptrain.generate import check_sampling_args, stream_tokens, stream_text, window_warning
-    from gptrain.runtime import resolve_device
-    from gptrain.tokenizer import get_tokenizer, text_to_token_ids
+    from gptrain.core.runtime import resolve_device
+    from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
+    from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
+    from gptrain.store.checkpoint import load_checkpoint
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
@@ -590,14 +590,14 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_lab_temperature(args: argparse.Namespace) -> int:
-    from gptrain.lab import temperature_table
+    from gptrain.lecture.lab import temperature_table
 
     print(temperature_table(args.logits, args.temperatures, args.names))
     return 0
 
 
 def run_lab_multinomial(args: argparse.Namespace) -> int:
-    from gptrain.lab import WEATHER_NAMES, WEATHER_PROBS, multinomial_table
+    from gptrain.lecture.lab import WEATHER_NAMES, WEATHER_PROBS, multinomial_table
 
     probs = _parse_row(" ".join(args.probs), "--probs") if args.probs is not None else WEATHER_PROBS
     names = args.names if args.names is not None or args.probs is not None else WEATHER_NAMES
@@ -614,7 +614,7 @@ def _parse_row(text: str, flag: str) -> list[float]:
 
 
 def run_lab_loss(args: argparse.Namespace) -> int:
-    from gptrain.lab import MAT_NAMES, MAT_PROBS, loss_table
+    from gptrain.lecture.lab import MAT_NAMES, MAT_PROBS, loss_table
 
     if args.probs is None and args.logits is None:
         rows, names, targets = MAT_PROBS, args.names or MAT_NAMES, args.target or ["mat"]
@@ -629,17 +629,17 @@ def run_lab_loss(args: argparse.Namespace) -> int:
 
 
 def run_lab_sweep(args: argparse.Namespace) -> int:
-    from gptrain.checkpoint import load_checkpoint
-    from gptrain.lab import parse_grid, sweep, sweep_table
-    from gptrain.tokenizer import get_tokenizer
-    from gptrain.runtime import resolve_device
+    from gptrain.core.runtime import resolve_device
+    from gptrain.data.tokenizer import get_tokenizer
+    from gptrain.lecture.lab import parse_grid, sweep, sweep_table
+    from gptrain.store.checkpoint import load_checkpoint
 
     if args.max_new_tokens < 0:
         raise GptrainError(f"--max-new-tokens must not be negative, not {args.max_new_tokens}")
     grid = parse_grid(args.grid)
     device = resolve_device(args.device)
     if args.pretrained is not None:
-        from gptrain.pretrained import load_gpt2
+        from gptrain.interop.pretrained import load_gpt2
 
         model = load_gpt2(args.pretrained, device=device)
     else:
@@ -650,14 +650,14 @@ def run_lab_sweep(args: argparse.Namespace) -> int:
 
 
 def run_download_gpt2(args: argparse.Namespace) -> int:
-    from gptrain.pretrained import download_gpt2
+    from gptrain.interop.pretrained import download_gpt2
 
     print(download_gpt2(args.size))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from gptrain.pretrained import export_hf
+    from gptrain.interop.pretrained import export_hf
 
     out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
@@ -665,7 +665,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(path: str) -> int:
-    from gptrain.integrity import verify_path
+    from gptrain.store.integrity import verify_path
 
     results = verify_path(path)
     for folder, problems in results:
@@ -680,7 +680,7 @@ def run_verify(path: str) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from gptrain.pretrained import inspect_loaded_model, load_gpt2
+    from gptrain.interop.pretrained import inspect_loaded_model, load_gpt2
 
     if args.verify:
         return run_verify(args.path)
@@ -694,9 +694,10 @@ def run_compare(args: argparse.Namespace) -> int:
     import shutil
     import textwrap
 
-    from gptrain.generate import check_sampling_args
-    from gptrain.pretrained import compare_continuations, download_gpt2, gpt2_size
-    from gptrain.runtime import resolve_device
+    from gptrain.core.runtime import resolve_device
+    from gptrain.inference.generate import check_sampling_args
+    from gptrain.interop.pretrained import download_gpt2, gpt2_size
+    from gptrain.lecture.compare import compare_continuations
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
@@ -727,14 +728,14 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.evaluate import (
+    from gptrain.core.runtime import resolve_device, resolve_precision
+    from gptrain.evaluation.heldout import (
         check_eval_tokens,
         check_window_args,
         evaluate_tokens,
         load_eval_model,
         load_eval_tokens,
     )
-    from gptrain.runtime import resolve_device, resolve_precision
 
     if args.batch_size < 1:
         raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
@@ -764,9 +765,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_eval_task(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.evaluate import load_eval_model
-    from gptrain.runtime import resolve_device, resolve_precision
-    from gptrain.tasks import check_task_name, evaluate_task, format_result, read_task_file
+    from gptrain.core.runtime import resolve_device, resolve_precision
+    from gptrain.evaluation.heldout import load_eval_model
+    from gptrain.evaluation.tasks import check_task_name, evaluate_task, format_result, read_task_file
 
     if args.task is None:
         raise GptrainError("--limit counts the examples of a --task: give --task hellaswag, lambada or mc")
@@ -788,7 +789,7 @@ def run_eval_task(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from gptrain.report import write_report
+    from gptrain.reporting.report import write_report
 
     path = write_report(args.runs, args.out)
     print(f"Wrote {path}")
@@ -798,9 +799,9 @@ def run_report(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gptrain.evaluate import load_eval_model
-    from gptrain.runtime import resolve_device
-    from gptrain.serve import ServeConfig, serve
+    from gptrain.core.runtime import resolve_device
+    from gptrain.evaluation.heldout import load_eval_model
+    from gptrain.inference.serve import ServeConfig, serve
 
     source = args.checkpoint or args.pretrained
     name = args.model_name or (Path(source).resolve().name if args.checkpoint else f"gpt2-{Path(source).name}")
@@ -814,7 +815,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
-    from gptrain.bpe_training import train_tokenizer
+    from gptrain.data.bpe_training import train_tokenizer
 
     tokenizer = train_tokenizer(args.corpus, args.out, args.vocab_size, pattern=args.pattern,
                                 text_field=args.text_field, overwrite=args.overwrite)
@@ -823,7 +824,7 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def run_tokenizer_info(args: argparse.Namespace) -> int:
-    from gptrain.bpe_training import tokenizer_info
+    from gptrain.data.bpe_training import tokenizer_info
 
     info = tokenizer_info(args.folder)
     print(f"vocabulary: {info.vocab_size:,} tokens\nspecial tokens: {', '.join(info.special_tokens)}\n"
@@ -832,7 +833,7 @@ def run_tokenizer_info(args: argparse.Namespace) -> int:
 
 
 def run_tokenizer_compare(args: argparse.Namespace) -> int:
-    from gptrain.bpe_training import compare_tokenizers, format_comparison
+    from gptrain.data.bpe_training import compare_tokenizers, format_comparison
 
     print(format_comparison(compare_tokenizers(args.corpus, args.tokenizers or ["gpt2"], args.text_field)))
     return 0
@@ -841,7 +842,7 @@ def run_tokenizer_compare(args: argparse.Namespace) -> int:
 def run_estimate(args: argparse.Namespace) -> int:
     import json
 
-    from gptrain.estimate import estimate_from_args, format_estimate
+    from gptrain.planning.estimate import estimate_from_args, format_estimate
 
     result = estimate_from_args(args)
     print(json.dumps(result.to_dict()) if args.json else format_estimate(result))
@@ -865,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         # A full disk, a read-only folder, a path through a file ...: from any command, new ones too.
-        from gptrain.oserrors import describe_os_error, wrapped_os_error
+        from gptrain.core.oserrors import describe_os_error, wrapped_os_error
 
         os_error = wrapped_os_error(exc)
         if os_error is None:

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: errors, devices and precision, files, hashing, downloads."""

@@ -1,0 +1,1 @@
+"""Text in, token ids out: tokenizers, corpora, prepared shards and training windows."""

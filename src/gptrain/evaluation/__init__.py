@@ -1,0 +1,1 @@
+"""Scoring a model: held-out loss, perplexity, bits per byte and benchmark tasks."""

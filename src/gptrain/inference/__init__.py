@@ -1,0 +1,1 @@
+"""Running a trained model: generation, continuous batching and the HTTP server."""

@@ -1,0 +1,1 @@
+"""The lecture's side paths: sampling labs and side-by-side comparisons."""

@@ -1,0 +1,1 @@
+"""What a run leaves behind for people: the metrics log and the HTML report."""

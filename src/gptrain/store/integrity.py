@@ -1,0 +1,139 @@
+"""Integrity records: the size and sha256 of every file a checkpoint holds, in ``manifest.json``.
+
+The manifest is written last, over whatever files the checkpoint folder holds (weights, config,
+training state, adapters, sharded optimizer states, in subfolders too), so a file added by a new
+feature is covered without further work. Loading checks the file it reads against it; ``gptrain
+info --verify`` checks every file of a checkpoint or of every checkpoint in a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from gptrain.core.errors import GptrainError
+from gptrain.core.files import write_json_atomic
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "gptrain-manifest"
+CHUNK_BYTES = 1 << 22
+T = TypeVar("T")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict:
+    """Record every file under ``folder`` (but the manifest itself) in ``folder/manifest.json``."""
+
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    # hashlib releases the GIL: the files (weights, optimizer state, ...) are hashed on all cores at once.
+    with ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        digests = list(pool.map(sha256_file, paths))
+    files = {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": digest}
+             for path, digest in zip(paths, digests)}
+    manifest = {"format": MANIFEST_FORMAT, "files": files}
+    write_json_atomic(folder / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest's file records, or None for a checkpoint written before manifests existed."""
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise GptrainError(f"{path} is damaged: the checkpoint cannot be verified, use another one") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("files"), dict):
+        raise GptrainError(f"{path} is not a gptrain manifest: the checkpoint cannot be verified, use another one")
+    return manifest["files"]
+
+
+def size_problem(path: Path, record: dict) -> str | None:
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        kind = "truncated" if size < record.get("size", 0) else "longer than written"
+        return f"{path} is {kind} ({size:,} bytes, {record.get('size', 0):,} when saved)"
+    return None
+
+
+def hash_problem(path: Path, record: dict, digest: str) -> str | None:
+    if digest != record.get("sha256"):
+        return f"{path} was altered (its sha256 differs from the one recorded when it was saved)"
+    return None
+
+
+def file_problem(folder: Path, name: str, record: dict) -> str | None:
+    """What is wrong with one recorded file, or None. The size is checked before the slower hash."""
+    path = folder / name
+    return size_problem(path, record) or hash_problem(path, record, sha256_file(path))
+
+
+def _damaged(problem: str) -> GptrainError:
+    return GptrainError(f"{problem}: the checkpoint is damaged, use another one (gptrain info --verify checks all)")
+
+
+def read_verified(folder: Path, name: str, read: Callable[[], T]) -> T:
+    """``read()`` the file ``folder/name`` while a second thread checks it against the manifest, so the
+    check costs little more than the read on a machine with two cores. Files of checkpoints without a
+    manifest are read unchecked."""
+    record = (read_manifest(folder) or {}).get(name)
+    if record is None:
+        return read()
+    path = folder / name
+    if problem := size_problem(path, record):
+        raise _damaged(problem)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_file, path)
+        try:
+            result = read()
+        except GptrainError:
+            # A reader's complaint about damaged bytes: the manifest names the damage better.
+            if problem := hash_problem(path, record, digest.result()):
+                raise _damaged(problem) from None
+            raise
+        if problem := hash_problem(path, record, digest.result()):
+            raise _damaged(problem)
+    return result
+
+
+def verify_checkpoint(folder: Path) -> list[str]:
+    """Every problem of one checkpoint folder; empty when all its recorded files are intact."""
+    files = read_manifest(folder)
+    if files is None:
+        return [f"{folder} has no {MANIFEST_FILE} (written by an older gptrain): it cannot be verified"]
+    return [problem for name, record in files.items() if (problem := file_problem(folder, name, record))]
+
+
+def checkpoint_folders(path: Path) -> list[Path]:
+    """``path`` if it is a checkpoint, else every checkpoint inside it (a run directory)."""
+    is_checkpoint = lambda folder: (folder / MANIFEST_FILE).is_file() or (folder / "model.safetensors").is_file()
+    if is_checkpoint(path):
+        return [path]
+    return sorted(folder for folder in path.rglob("*") if folder.is_dir() and is_checkpoint(folder)
+                  and not any(part.startswith(".") for part in folder.relative_to(path).parts))
+
+
+def verify_path(path: str | Path) -> list[tuple[Path, list[str]]]:
+    """(checkpoint, problems) for a checkpoint folder or for each checkpoint of a run directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GptrainError(f"{path} is not a checkpoint or run directory: give the folder to verify")
+    folders = checkpoint_folders(path)
+    if not folders:
+        raise GptrainError(f"{path} holds no checkpoint: give a checkpoint or run directory")
+    return [(folder, verify_checkpoint(folder)) for folder in folders]

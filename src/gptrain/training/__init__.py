@@ -1,0 +1,1 @@
+"""Training runs: settings, optimizers, parallelism, the loop, resume and locks."""
