@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from gptrain.core.download import cache_dir, download_file, sha256_of
 from gptrain.core.errors import GptrainError
 from gptrain.data.readers import ReadStats, read_jsonl_documents
-from gptrain.data.tokenizer import END_OF_TEXT, TABLE_SHA256, get_tokenizer
+from gptrain.data.tokenizer import END_OF_TEXT, TABLE_SHA256, encode_text, get_tokenizer
 
 SHARD_FORMAT = "gptrain-shards"
 JSONL_SUFFIX = ".jsonl"
@@ -61,7 +61,7 @@ class GPTDatasetV1(TokenWindows):
     """The book's dataset: tokenize ``txt`` and cut it into (overlapping if stride < max_length) windows."""
 
     def __init__(self, txt: str, tokenizer: tiktoken.Encoding, max_length: int, stride: int):
-        token_ids = tokenizer.encode(txt, allowed_special={END_OF_TEXT})
+        token_ids = encode_text(tokenizer, txt)
         super().__init__(np.array(token_ids, dtype=np.uint16), max_length, stride)
 
 

@@ -55,9 +55,14 @@ def get_tokenizer() -> tiktoken.Encoding:
     )
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """``text``'s token ids, where ``<|endoftext|>`` is the end-of-text token (not its characters)."""
+    return tokenizer.encode(text, allowed_special={END_OF_TEXT})
+
+
 def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding) -> torch.Tensor:
     """Encode ``text`` into a LongTensor of shape (1, n); ``<|endoftext|>`` is allowed."""
-    encoded = tokenizer.encode(text, allowed_special={END_OF_TEXT})
+    encoded = encode_text(tokenizer, text)
     return torch.tensor(encoded, dtype=torch.long).unsqueeze(0)
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.data.corpus import is_shard_dir, load_corpus, open_shards, split_text
-from gptrain.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, get_tokenizer
+from gptrain.data.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, encode_text, get_tokenizer
 from gptrain.interop.pretrained import load_gpt2
 from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config
 
@@ -188,7 +188,7 @@ def evaluate_tokens(model: nn.Module, tokens: np.ndarray, *, context_length: int
 
 
 def encode(text: str) -> np.ndarray:
-    return np.array(get_tokenizer().encode(text, allowed_special={END_OF_TEXT}), dtype=np.int64)
+    return np.array(encode_text(get_tokenizer(), text), dtype=np.int64)
 
 
 def evaluate_text(model: nn.Module, text: str, **kwargs: Any) -> Evaluation:

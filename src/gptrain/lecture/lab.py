@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gptrain.core.errors import GptrainError
+from gptrain.data.tokenizer import encode_text
 from gptrain.inference.generate import check_sampling_args, generate
 from gptrain.model.gpt import unwrap_model
 
@@ -182,7 +183,7 @@ def sweep(model: nn.Module, tokenizer, prompt: str = SWEEP_PROMPT,
           seed: int = 123) -> list[tuple[float, int | None, str]]:
     """The continuation of ``prompt`` under each (temperature, top_k) of ``grid``, each cell seeded with ``seed``."""
     device = next(unwrap_model(model).parameters()).device
-    idx = torch.tensor([tokenizer.encode(prompt, allowed_special="all")], device=device)
+    idx = torch.tensor([encode_text(tokenizer, prompt)], device=device)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
     context = unwrap_model(model).cfg.context_length

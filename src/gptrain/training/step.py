@@ -9,7 +9,7 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
-from gptrain.data.tokenizer import END_OF_TEXT
+from gptrain.data.tokenizer import encode_text
 from gptrain.training.config import TrainConfig
 
 
@@ -21,7 +21,7 @@ def load_windows(cfg: TrainConfig, context_length: int, tokenizer) -> tuple[Toke
         stride = cfg.stride or context_length
     else:
         train_text, val_text = split_text(load_corpus(cfg.data, cfg.text_field), cfg.train_ratio)
-        encode = lambda text: np.array(tokenizer.encode(text, allowed_special={END_OF_TEXT}), dtype=np.uint16)
+        encode = lambda text: np.array(encode_text(tokenizer, text), dtype=np.uint16)
         splits = {"train": encode(train_text), "val": encode(val_text)}
         stride = cfg.stride or context_length
     windows = []
