@@ -25,16 +25,28 @@ from gptrain.data.tokenizer import text_to_token_ids, token_ids_to_text
 from gptrain.model.gpt import KVCache, unwrap_model, use_inference_layout
 
 
+class SamplingError(GptrainError):
+    """A sampling setting out of range; ``param`` names it (the server's error objects say which)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None = None) -> None:
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise SamplingError("temperature", f"temperature must be >= 0 (0 means greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise SamplingError("top_k", f"top_k must be at least 1 (or unset for no filtering), not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise SamplingError("top_p", f"top_p must be in (0, 1] (1 keeps every token, unset disables it), not {top_p}")
+
+
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None,
                         top_p: float | None = None) -> None:
     if max_new_tokens < 0:
-        raise GptrainError(f"max_new_tokens must not be negative, not {max_new_tokens}")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise GptrainError(f"temperature must be >= 0 (0 means greedy), not {temperature}")
-    if top_k is not None and top_k < 1:
-        raise GptrainError(f"top_k must be at least 1 (or None for no filtering), not {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise GptrainError(f"top_p must be in (0, 1] (1 keeps every token, None disables it), not {top_p}")
+        raise SamplingError("max_new_tokens", f"max_new_tokens must not be negative, not {max_new_tokens}")
+    check_sampling(temperature, top_k, top_p)
 
 
 def window_warning(prompt_tokens: int, max_new_tokens: int, context_length: int) -> str | None:
