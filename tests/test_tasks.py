@@ -202,7 +202,7 @@ def test_batch_size_and_limit(setup):
 def test_hellaswag_with_ctx_only():
     """Files that carry only ``ctx`` (no ctx_a/ctx_b) use it as the context."""
     doc = {"activity_label": "Cooking", "ctx": "A man cuts onions. [step] He", "endings": ["cries.", "sings."], "label": 0}
-    from gptrain.evaluation.tasks import hellaswag_example
+    from gptrain.evaluation.task_files import hellaswag_example
 
     example = hellaswag_example(doc, "x")
     assert example.context == "Cooking: A man cuts onions. He"
