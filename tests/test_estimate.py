@@ -152,7 +152,7 @@ def test_bad_inputs_print_one_line_and_exit_2(args, message, capsys):
 
 def test_a_run_states_its_plan_and_reports_its_cost_and_flops(tmp_path, story_page):
     from gptrain.training.config import TrainConfig
-    from gptrain.reporting.report import read_run, summarize
+    from gptrain.reporting.runs import read_run, summarize
     from gptrain.training.loop import train
 
     lines = []

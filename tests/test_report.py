@@ -11,7 +11,8 @@ import pytest
 
 from gptrain.reporting import report as report_module
 from gptrain.cli import main
-from gptrain.reporting.report import read_run, sample_html, summarize, write_report
+from gptrain.reporting.report import sample_html, write_report
+from gptrain.reporting.runs import read_run, summarize
 
 RUN_COLOURS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44)}  # matplotlib's first three
 

@@ -11,7 +11,7 @@ import torch
 from gptrain import GPTConfig, GPTModel, export_hf, save_checkpoint
 from gptrain.cli import main
 from gptrain.inference.generate import generate_text_simple
-from gptrain.reporting.report import read_run
+from gptrain.reporting.runs import read_run
 from gptrain.evaluation.tasks import encode_pair, evaluate_task, read_task_file, score_examples
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 

@@ -5,321 +5,27 @@ images embedded as ``data:`` URIs and its only styling is inline CSS, so it open
 be mailed as one file, and runs no script. The log-scale switch is two radio buttons and a CSS
 rule. Several runs are overlaid on the same axes, one colour per run.
 
-Records of kinds other than ``train``, ``eval`` and ``sample`` (warnings, early stopping, ...)
-are listed as notes with their step and text, and any key a record lacks is skipped, so logs
-from older or newer versions still make a page.
+The records are read in :mod:`gptrain.reporting.runs` and drawn in :mod:`gptrain.reporting.figures`;
+this module lays out the page: the summary table, the notes (warnings, early stopping, ... with
+their step and text), the plots, the samples and the settings.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import math
 import os
-import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.formatting import duration
 from gptrain.core.oserrors import reason_and_fix
-from gptrain.model.config import GPTConfig
-from gptrain.model.gpt import GPTModel, count_parameters
+from gptrain.reporting.figures import figures
+from gptrain.reporting.runs import RunLog, read_run, summarize
 
 REPORT_FILE = "report.html"
-METRICS_FILE = "metrics.jsonl"
-PLOTTED_EVENTS = {"train", "eval", "sample", "task"}
-TASK_ACCURACIES = ("acc", "acc_norm")  # the benchmark scores plotted; perplexity gets its own panel
-
-
-@dataclass
-class RunLog:
-    """One run directory, read."""
-
-    path: Path
-    name: str
-    config: dict[str, Any]
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    tasks: list[dict[str, Any]] = field(default_factory=list)  # benchmark scores (gptrain.evaluation.tasks)
-    plans: list[dict[str, Any]] = field(default_factory=list)  # what each start or resume set out to do
-    notes: list[dict[str, Any]] = field(default_factory=list)  # every other kind of record, in order
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def read_run(path: str | Path) -> RunLog:
-    """Parse a run directory's ``metrics.jsonl`` and ``config.json``; unreadable lines become notes."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise GptrainError(f"{path} is not a directory: give a run directory written by gptrain train (its --out)")
-    metrics = path / METRICS_FILE
-    if not metrics.is_file():
-        raise GptrainError(f"{path} holds no {METRICS_FILE}: give a run directory written by gptrain train (its --out)")
-    run = RunLog(path, path.resolve().name, {})
-    try:
-        run.config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        run.notes.append({"event": "report", "text": "config.json is missing: the settings are unknown"})
-    except (OSError, ValueError) as exc:
-        run.notes.append({"event": "report", "text": f"config.json cannot be read: {exc}"})
-    lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
-    by_kind = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans, "task": run.tasks}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            # A run killed mid-write leaves a partial last line; say so rather than refuse the page.
-            run.notes.append({"event": "report", "text": f"{METRICS_FILE} line {number} is not a JSON record: skipped"})
-            continue
-        by_kind.get(record.get("event"), run.notes).append(record)
-    return run
-
-
-def _series(records: list[dict[str, Any]], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
-    points = [(_number(r.get(x_key)), _number(r.get(y_key))) for r in records]
-    points = [(x, y) for x, y in points if x is not None and y is not None]
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def _gaps(run: RunLog) -> tuple[list[float], list[float]]:
-    points = [(_number(r.get("step")), _number(r.get("val_loss")), _number(r.get("train_loss"))) for r in run.evals]
-    points = [(s, v - t) for s, v, t in points if None not in (s, v, t)]
-    return [s for s, _ in points], [g for _, g in points]
-
-
-def summarize(run: RunLog) -> dict[str, Any]:
-    """The final figures of a run; a figure the log does not hold is None."""
-    records = run.train + run.evals + run.samples + run.notes
-    steps = [s for r in records if (s := _number(r.get("step"))) is not None]
-    evals = [r for r in run.evals if _number(r.get("val_loss")) is not None]
-    best = min(evals, key=lambda r: r["val_loss"], default=None)
-    last = evals[-1] if evals else {}
-    rates = [x for r in run.train if (x := _number(r.get("tokens_per_s"))) is not None]
-    early = next((r for r in reversed(run.notes) if r.get("event") == "early_stop"), None)
-    last_val, last_train = _number(last.get("val_loss")), _number(last.get("train_loss"))
-    initial = next((r for r in run.evals if r.get("initial")), {})  # a transfer run's "before" figures
-    train_config = run.config.get("train") if isinstance(run.config.get("train"), dict) else {}
-    if early is not None:
-        status = f"stopped early at step {early.get('step', '?')}"
-    elif (run.path / "final").is_dir():
-        status = "finished"
-    else:
-        status = "incomplete: no final/ checkpoint (still running, or stopped before the end)"
-    return {
-        "status": status,
-        "steps": int(max(steps)) + 1 if steps else None,
-        "epochs": max((e for r in run.evals + run.samples if (e := _number(r.get("epoch"))) is not None), default=None),
-        "tokens_seen": max((int(t) for r in records if (t := _number(r.get("tokens_seen"))) is not None), default=None),
-        "wall_time_s": max((t for r in records for key in ("elapsed_s", "wall_time_s")
-                            if (t := _number(r.get(key))) is not None), default=None),
-        "last_train_loss": last_train,
-        "last_val_loss": last_val,
-        "last_val_perplexity": _exp(last_val),
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_val_perplexity": _exp(best["val_loss"]) if best else None,
-        "best_step": best.get("step") if best else None,
-        "last_gap": last_val - last_train if None not in (last_val, last_train) else None,
-        "median_tokens_per_s": statistics.median(rates) if rates else None,
-        "parameters": _parameters(run.config.get("model")),
-        "init": train_config.get("init"),
-        "init_sha256": train_config.get("init_sha256"),
-        "lora_rank": train_config.get("lora_rank"),
-        "initial_train_loss": _number(initial.get("train_loss")),
-        "initial_val_loss": _number(initial.get("val_loss")),
-        "peak_memory_mb": next((r["peak_memory_mb"] for r in reversed(run.notes)
-                                if r.get("event") == "end" and isinstance(r.get("peak_memory_mb"), list)), None),
-        **_economics(run, statistics.median(rates) if rates else None),
-    }
-
-
-def _economics(run: RunLog, tokens_per_s: float | None) -> dict[str, float | None]:
-    """Achieved FLOP/s (training steps only), MFU where the peak is known, and the cost where a price was given."""
-    plan = run.plans[-1] if run.plans else {}
-    per_token = _number(plan.get("flops_per_token"))
-    mfus = [x for r in run.train if (x := _number(r.get("mfu"))) is not None]
-    costs = [c for r in run.notes if r.get("event") == "end" and (c := _number(r.get("cost"))) is not None]
-    return {
-        "achieved_flops_per_s": tokens_per_s * per_token if None not in (tokens_per_s, per_token) else None,
-        "median_mfu": statistics.median(mfus) if mfus else None,
-        "cost": sum(costs) if costs else None,  # a resumed run is billed for each of its sessions
-    }
-
-
-def _exp(loss: float | None) -> float | None:
-    return None if loss is None else math.exp(min(loss, 700.0))
-
-
-def _parameters(model_config: Any) -> int | None:
-    if not isinstance(model_config, dict):
-        return None
-    import torch
-
-    try:
-        with torch.device("meta"):  # shapes only, no memory
-            return count_parameters(GPTModel(GPTConfig.from_dict(model_config)))
-    except (GptrainError, TypeError):
-        return None
-
-
-# --- Plots ---
-
-def _figures(runs: list[RunLog]) -> dict[str, str]:
-    """Base64 PNGs by name: losses against steps and tokens (linear and log), gap, lr, tokens/s, grad norm."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never open a window
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogFormatter
-
-    single = len(runs) == 1
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-    def loss_axes(ax, x_key: str, log: bool) -> None:
-        # One run: train in blue, val in orange. Several: a colour per run, val solid, train dashed.
-        for i, run in enumerate(runs):
-            train_color, val_color = (colors[0], colors[1]) if single else (colors[i % len(colors)],) * 2
-            if single:
-                xs, ys = _series(run.train, x_key, "loss")
-                ax.plot(xs, ys, color=train_color, alpha=0.45, linewidth=0.8, label="train loss (each step)")
-            xs, ys = _series(run.evals, x_key, "train_loss")
-            ax.plot(xs, ys, color=train_color, linestyle="--", marker="." if single else None,
-                    label="train loss (evaluation)" if single else None)
-            xs, ys = _series(run.evals, x_key, "val_loss")
-            ax.plot(xs, ys, color=val_color, marker="." if single else None, label="val loss" if single else run.name)
-            if ys:
-                best = ys.index(min(ys))
-                ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=val_color, linestyle="none",
-                        label=f"best val {ys[best]:.3f}" if single else None)
-            xs, ys = _series([r for r in run.evals if r.get("initial")], x_key, "val_loss")
-            if ys:  # a transfer run's evaluation before its first update
-                ax.plot(xs, ys, marker="D", markersize=7, color=val_color, linestyle="none", fillstyle="none",
-                        label=f"initial val {ys[0]:.3f} (--init)" if single else None)
-        if not single:
-            ax.plot([], [], color="grey", label="val loss")
-            ax.plot([], [], color="grey", linestyle="--", label="train loss (evaluation)")
-            ax.plot([], [], color="grey", marker="*", markersize=10, linestyle="none", label="best val loss")
-        if x_key == "step":
-            _mark_notes(ax, runs)
-        if log:
-            ax.set_yscale("log")
-            # Plain numbers (9.5, not 9.5 x 10^0), and labelled minor ticks: a loss rarely spans a decade.
-            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
-        ax.set_xlabel({"step": "step", "tokens_seen": "tokens seen"}[x_key])
-        ax.set_ylabel("loss (nats/token)" + (", log scale" if log else ""))
-        _finish(ax, outside=not single)
-
-    def per_run(ax, series_of, ylabel: str, zero_line: bool = False) -> None:
-        for i, run in enumerate(runs):
-            xs, ys = series_of(run)
-            ax.plot(xs, ys, color=colors[i % len(colors)], marker="." if len(xs) < 60 else None, label=run.name)
-        if zero_line:
-            ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        _finish(ax, legend=not single, outside=True)
-
-    images = {}
-    for log in (False, True):
-        for x_key in ("step", "tokens_seen"):
-            fig, ax = plt.subplots(figsize=(6, 4))
-            loss_axes(ax, x_key, log)
-            images[f"loss_{x_key}_{'log' if log else 'linear'}"] = _png(fig)
-    panels = {
-        "gap": (_gaps, "val loss - train loss", True),
-        "lr": (lambda run: _series(run.train, "step", "lr") if run.train else _series(run.evals, "step", "lr"),
-               "learning rate", False),
-        "tokens_per_s": (lambda run: _series(run.train, "step", "tokens_per_s"), "tokens / s", False),
-        "grad_norm": (lambda run: _series(run.train, "step", "grad_norm"), "gradient norm (before clipping)", False),
-    }
-    for name, (series_of, ylabel, zero_line) in panels.items():
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        per_run(ax, series_of, ylabel, zero_line)
-        images[name] = _png(fig)
-    if any(run.tasks for run in runs):
-        images.update(_task_figures(runs, plt, colors))
-    return images
-
-
-def _task_figures(runs: list[RunLog], plt, colors: list[str]) -> dict[str, str]:
-    """Benchmark accuracies (with their standard errors) and perplexities against tokens seen."""
-    images = {}
-    for name, metrics, ylabel in (("task_acc", TASK_ACCURACIES, "accuracy"), ("task_perplexity", ("perplexity",),
-                                                                                "perplexity (log scale)")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        line = 0
-        for run in runs:
-            for task in dict.fromkeys(str(r.get("task")) for r in run.tasks):
-                records = [r for r in run.tasks if str(r.get("task")) == task]
-                for metric in metrics:
-                    xs, ys = _series(records, "tokens_seen", metric)
-                    if not ys:
-                        continue
-                    errors = [_number(r.get(f"{metric}_stderr")) or 0.0 for r in records
-                              if None not in (_number(r.get("tokens_seen")), _number(r.get(metric)))]
-                    label = f"{task} {metric}" if len(runs) == 1 else f"{run.name}: {task} {metric}"
-                    ax.errorbar(xs, ys, yerr=errors, color=colors[line % len(colors)], marker=".", capsize=2,
-                                label=label)
-                    line += 1
-        if name == "task_perplexity":
-            if not line:  # no lambada-like task: no empty panel
-                plt.close(fig)
-                continue
-            ax.set_yscale("log")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel(ylabel)
-        _finish(ax, outside=True)
-        images[name] = _png(fig)
-    return images
-
-
-def _mark_notes(ax, runs: list[RunLog]) -> None:
-    """A vertical line at each warning and early stop, so the curve shows where they happened."""
-    styles = {"warning": ("black", ":"), "early_stop": ("black", "--")}
-    labelled = set()
-    for run in runs:
-        for note in run.notes:
-            kind, step = note.get("event"), _number(note.get("step"))
-            if kind in styles and step is not None:
-                color, style = styles[kind]
-                ax.axvline(step, color=color, linestyle=style, linewidth=1.2,
-                           label=None if kind in labelled else kind.replace("_", " "))
-                labelled.add(kind)
-
-
-def _finish(ax, legend: bool = True, outside: bool = False) -> None:
-    if not ax.lines or all(len(line.get_xdata()) == 0 for line in ax.lines):
-        ax.text(0.5, 0.5, "no records", transform=ax.transAxes, ha="center", va="center", color="grey")
-    elif legend and outside:  # several runs: below the axes, where it hides no curve
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    elif legend:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-# --- The page ---
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 24px auto;
@@ -357,12 +63,7 @@ def _megabytes(per_process: list[float] | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    minutes = round(seconds) // 60
-    return f"{minutes} min {round(seconds) % 60:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+    return "–" if seconds is None else duration(seconds)
 
 
 def _flops(value: float | None) -> str:
@@ -459,7 +160,7 @@ def _config(runs: list[RunLog]) -> str:
 
 def render(runs: list[RunLog]) -> str:
     """The report page for one run, or the overlay of several, as an HTML string."""
-    images = _figures(runs)
+    images = figures(runs)
     summaries = [summarize(run) for run in runs]
     title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(run.name for run in runs)
     places = "<br>".join(html.escape(str(run.path.resolve())) for run in runs)
