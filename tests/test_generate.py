@@ -9,7 +9,7 @@ from gptrain import (
     generate_text_simple,
     text_to_token_ids,
 )
-from gptrain.inference.generate import keep_top_p, select_next_token, stream_text
+from gptrain.inference.generate import SamplingError, check_sampling_args, keep_top_p, select_next_token, stream_text
 
 LECTURE_LOGITS = torch.tensor([[2.1, 1.3, 0.8]])
 
@@ -62,6 +62,15 @@ def test_bad_sampling_arguments(tiny_cfg, kwargs, match):
     args = dict(max_new_tokens=3, temperature=1.0, top_k=None, context_size=8) | kwargs
     with pytest.raises(ValueError, match=match):
         generate(GPTModel(tiny_cfg), torch.tensor([[1, 2]]), **args)
+
+
+@pytest.mark.parametrize("field,settings", [("max_new_tokens", (-1, 1.0, None, None)), ("temperature", (3, -1.0, None, None)),
+                                            ("top_k", (3, 1.0, 0, None)), ("top_p", (3, 1.0, None, 1.5))])
+def test_a_bad_sampling_setting_names_its_field(field, settings):
+    """The server answers with this name as its error object's param."""
+    with pytest.raises(SamplingError) as caught:
+        check_sampling_args(*settings)
+    assert caught.value.param == field
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():

@@ -11,6 +11,8 @@ import pytest
 
 from gptrain.reporting import report as report_module
 from gptrain.cli import main
+from gptrain.model.config import GPTConfig
+from gptrain.model.gpt import GPTModel, count_parameters
 from gptrain.reporting.report import sample_html, write_report
 from gptrain.reporting.runs import read_run, summarize
 
@@ -80,9 +82,9 @@ def test_the_report_of_a_run_shows_its_curves_samples_metrics_and_config(run_dir
     assert summary["steps"] == 15 and summary["epochs"] == 3 and summary["tokens_seen"] == 15 * 8 * 16
     end = [r for r in logged if r["event"] == "end"]
     assert len(end) == 1 and summary["wall_time_s"] == end[0]["wall_time_s"] >= evals[-1]["elapsed_s"]
-    assert summary["parameters"] > 0
-    assert f"{best['val_loss']:.4g}" in page and f"{summary['tokens_seen']:,}" in page
     config = json.loads((run_dir / "config.json").read_text())
+    assert summary["parameters"] == count_parameters(GPTModel(GPTConfig.from_dict(config["model"])))
+    assert f"{best['val_loss']:.4g}" in page and f"{summary['tokens_seen']:,}" in page
     for section in ("model", "train"):
         for key, value in config[section].items():
             assert re.search(rf"<th>{key}</th><td>{re.escape(html.escape(json.dumps(value)))}</td>", page), key
@@ -96,6 +98,17 @@ def test_the_report_of_a_run_shows_its_curves_samples_metrics_and_config(run_dir
         assert colour_pixels(image, RUN_COLOURS["blue"]) > 200
     loss_images = images[:4]  # linear and log, against steps and tokens: train in blue, val in orange
     assert all(colour_pixels(image, RUN_COLOURS["orange"]) > 200 for image in loss_images)
+
+
+def test_the_wall_time_reads_as_the_command_line_writes_it(run_dir, tmp_path):
+    """One way to write a duration (core.formatting): 5000 s is "83.3 min" in the report as in the CLI's lines."""
+    run = copy_run(run_dir, tmp_path / "long")
+    logged = records(run)
+    for record in logged:
+        if record["event"] == "end":
+            record["wall_time_s"] = 5000.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in logged))
+    assert '<tr><th>wall time</th><td class="num">83.3 min</td></tr>' in write_report(run).read_text()
 
 
 def test_unknown_records_missing_keys_and_a_torn_last_line_are_tolerated(run_dir, tmp_path):

@@ -30,7 +30,6 @@ class Example:
     gold: int = 0
 
 
-
 def _hellaswag_preprocess(text: str) -> str:
     # lm-evaluation-harness's cleaning: the WikiHow part of HellaSwag carries "[title]"-style markup.
     text = text.strip().replace(" [title]", ". ")
