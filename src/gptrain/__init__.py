@@ -18,7 +18,9 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.interop.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
+from gptrain.interop.hub import download_gpt2
+from gptrain.interop.pretrained import export_hf, inspect_loaded_model, load_gpt2
+from gptrain.interop.weights import load_weights_into_gpt
 from gptrain.model.config import PRESETS, GPTConfig, get_preset
 from gptrain.model.gpt import (
     FeedForward,
