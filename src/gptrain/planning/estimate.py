@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-
 from gptrain.core.accelerators import find_accelerator
 from gptrain.core.errors import GptrainError
 from gptrain.core.formatting import duration, human
