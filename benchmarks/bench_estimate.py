@@ -29,7 +29,7 @@ from common import find_verdict, machine_description  # noqa: E402
 import torch  # noqa: E402
 
 from gptrain.model.config import GPTConfig, get_preset
-from gptrain.planning.estimate import cpu_runtime_memory, memory_per_device
+from gptrain.planning.memory import cpu_runtime_memory, memory_per_device
 
 GPTRAIN = [sys.executable, "-m", "gptrain"]
 
@@ -40,7 +40,8 @@ import torch
 from gptrain.training.config import GPTConfig, TrainConfig
 from gptrain.model import GPTModel
 from gptrain.core.runtime import retain_freed_memory
-from gptrain.training.loop import forward_backward, make_optimizer
+from gptrain.training.optim import make_optimizer
+from gptrain.training.step import forward_backward
 
 cfg, batch, precision, device = GPTConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3], torch.device(sys.argv[4])
 if device.type == "cpu" and sys.argv[5] == "retained":

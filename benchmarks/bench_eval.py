@@ -16,13 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.evaluation.heldout import encode, evaluate_tokens, sliding_windows
+from gptrain.data.splits import gpt2_tokens
+from gptrain.evaluation.heldout import evaluate_tokens, sliding_windows
 from gptrain.model.gpt import GPTModel
 from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
 
@@ -35,7 +37,7 @@ def ours(model, tokens, context, stride, batch, precision):
 
 @torch.inference_mode()
 def hf(model, tokens, context, stride, batch, precision, device):
-    tokens = torch.from_numpy(tokens)
+    tokens = torch.from_numpy(tokens.astype(np.int64))
     length, windows = sliding_windows(len(tokens), context, stride)
     scored = len(tokens) - 1
     total = 0.0
@@ -70,7 +72,7 @@ def main() -> None:
     model = GPTModel(get_preset(args.preset).replace(context_length=args.context, drop_rate=0.0)).eval()
     reference = hf_model_from(model).eval().to(device)
     model.to(device)
-    tokens = encode(find_verdict().read_text(encoding="utf-8"))
+    tokens = gpt2_tokens(find_verdict().read_text(encoding="utf-8"))
     print(f"{machine_description(device)}; {args.preset} at context {args.context}, batch {args.batch}, "
           f"{args.precision}; the-verdict.txt, {len(tokens):,} tokens")
     print(f"{'stride':>6} {'windows':>7}  {'implementation':<16} {'loss':>9} {'tokens/s':>9}")

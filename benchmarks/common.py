@@ -40,7 +40,8 @@ def hf_model_from(model):
     """HF transformers' GPT2LMHeadModel holding ``model``'s weights (gptrain's own export mapping)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gptrain.interop.pretrained import hf_config_dict, hf_state_dict
+    from gptrain.interop.export import hf_state_dict
+    from gptrain.interop.hf_config import hf_config_dict
 
     hf = GPT2LMHeadModel(GPT2Config(**hf_config_dict(model.cfg)))
     missing, unexpected = hf.load_state_dict({k: v.clone() for k, v in hf_state_dict(model).items()}, strict=False)

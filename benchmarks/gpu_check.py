@@ -40,7 +40,7 @@ from common import machine_description  # noqa: E402
 
 from gptrain import GPTConfig, GPTModel, TrainConfig, generate, get_preset, save_checkpoint  # noqa: E402
 from gptrain.core.accelerators import accelerator_of_device
-from gptrain.planning.estimate import cpu_peak_flops, measure_throughput
+from gptrain.planning.throughput import cpu_peak_flops, measure_throughput
 from gptrain.model.counts import flops_per_token, parameter_counts
 from gptrain.training.parallel import checkpoint_activations
 from gptrain.core.runtime import autocast_context

@@ -55,12 +55,12 @@ def serving_as_hub_gpt2(folder: Path, size: str, monkeypatch):
     Yields (server, weights bytes)."""
     from httpserver import FileServer
 
-    from gptrain.interop import pretrained as pretrained
+    from gptrain.interop import hub
 
     weights = (folder / "model.safetensors").read_bytes()
-    monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, size, (hashlib.sha256(weights).hexdigest(), len(weights)))
+    monkeypatch.setitem(hub.KNOWN_WEIGHTS, size, (hashlib.sha256(weights).hexdigest(), len(weights)))
     monkeypatch.delenv("GPTRAIN_OFFLINE")
-    repo = f"/openai-community/{pretrained.GPT2_REPOS[size]}/resolve/main"
+    repo = f"/openai-community/{hub.GPT2_REPOS[size]}/resolve/main"
     files = {f"{repo}/config.json": (folder / "config.json").read_bytes(), f"{repo}/model.safetensors": weights}
     with FileServer(files) as server:
         monkeypatch.setenv("GPTRAIN_HF_ENDPOINT", server.url)

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from gptrain import GPTModel, export_hf, load_checkpoint, save_checkpoint
+from gptrain.core.errors import GptrainError
 from gptrain.store.checkpoint import load_training_state, resolve_checkpoint
+from gptrain.store.integrity import verify_path
+from gptrain.store.layout import checkpoint_at
 from gptrain.model.lora import add_lora, export_peft_adapter
 from gptrain.data.prepare import prepare
 
@@ -127,3 +130,21 @@ def test_every_written_file_has_the_permissions_the_umask_allows(tmp_path, tiny_
     modes = {p.relative_to(tmp_path / "out").as_posix(): oct(p.stat().st_mode & 0o777) for p in written}
     assert modes == {name: oct((0o777 if (tmp_path / "out" / name).is_dir() else 0o666) & ~umask)
                      for name in modes}
+
+
+def test_one_rule_recognises_a_checkpoint_for_loading_and_for_verifying(tmp_path, tiny_cfg):
+    """load_gpt2 and info --verify used to recognise checkpoints each their own way: verify took a
+    Hugging Face folder for a checkpoint written before manifests."""
+    model = GPTModel(tiny_cfg.replace(qkv_bias=True))
+    run = tmp_path / "run"
+    save_checkpoint(model, run / "final")
+    assert checkpoint_at(run) == run / "final"
+    assert checkpoint_at(run / "final") == run / "final"
+    assert checkpoint_at(run / "final" / "model.safetensors") == run / "final"
+    hf = export_hf(model, tmp_path / "hf")
+    assert checkpoint_at(hf) is None and checkpoint_at(hf / "model.safetensors") is None
+    with pytest.raises(GptrainError, match="holds no checkpoint"):
+        verify_path(hf)
+    (run / "final" / "config.json").write_text("{damaged")  # the manifest still marks it a checkpoint
+    assert checkpoint_at(run) == run / "final"
+    assert [(folder, len(problems)) for folder, problems in verify_path(run)] == [(run / "final", 1)]

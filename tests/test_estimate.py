@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from gptrain import GPTConfig, GPTModel
 from gptrain.cli import main
 from gptrain.model.config import PRESETS
-from gptrain.planning.estimate import Plan, activation_bytes, estimate, memory_per_device
+from gptrain.planning.memory import activation_bytes, memory_per_device
+from gptrain.planning.plan import Plan, estimate
 from gptrain.core.accelerators import accelerator_of_device, find_accelerator
 from gptrain.model.counts import flops_per_token, parameter_counts
 from gptrain.model.gpt import count_parameters

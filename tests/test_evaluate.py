@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from gptrain import GPTConfig, GPTModel, save_checkpoint
 from gptrain.cli import main
 from gptrain.data.corpus import open_shards, split_text
-from gptrain.evaluation.heldout import encode, evaluate_text, evaluate_tokens, sliding_windows
+from gptrain.data.splits import gpt2_tokens
+from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens, sliding_windows
 from gptrain.data.prepare import prepare
 from gptrain.core.runtime import resolve_precision
 
@@ -66,7 +67,7 @@ def test_stride_equal_to_context_gives_disjoint_windows():
 def test_equals_a_token_by_token_computation(tiny_cfg, verdict_text, context, stride, chars):
     model = seeded_model(tiny_cfg)
     text = verdict_text[:chars] if chars > 1 else "Hello world"  # 2 tokens: the shortest text that scores
-    tokens = encode(text).tolist()
+    tokens = gpt2_tokens(text).tolist()
     result = evaluate_text(model, text, context_length=context, stride=stride, batch_size=3, progress=False)
     expected = token_by_token_nats(model, tokens, context, stride)
     assert result.scored_tokens == len(tokens) - 1
@@ -124,7 +125,7 @@ def test_equals_hf_transformers_loss_on_the_same_windows(tiny_cfg, verdict_text,
     text = verdict_text[:chars]
     ours = evaluate_text(model, text, context_length=context, stride=stride, batch_size=4, progress=False)
 
-    tokens = torch.from_numpy(encode(text))
+    tokens = torch.from_numpy(gpt2_tokens(text).astype(np.int64))
     length, windows = sliding_windows(len(tokens), context, stride)
     inputs = torch.stack([tokens[w.start:w.start + length] for w in windows])
     labels = torch.stack([tokens[w.start + 1:w.start + length + 1] for w in windows])
@@ -163,7 +164,7 @@ def test_eval_a_text_file(tmp_path, checkpoint, verdict_text, capsys):
     figures = fp32_json(capsys, *data, "--stride", "16")
     expected = evaluate_text(model, text, stride=16, progress=False)
     assert figures["loss"] == pytest.approx(expected.loss, abs=1e-6)
-    assert figures["bytes"] == len(text.encode("utf-8")) and figures["tokens"] == len(encode(text))
+    assert figures["bytes"] == len(text.encode("utf-8")) and figures["tokens"] == len(gpt2_tokens(text))
     assert figures["context_length"] == 32 and figures["tokens_per_s"] > 0
 
     val = fp32_json(capsys, *data, "--split", "val")

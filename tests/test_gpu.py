@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from gptrain import GPTConfig, GPTModel, TrainConfig, generate, get_tokenizer, load_checkpoint, save_checkpoint, train
 from gptrain.store.checkpoint import load_training_state
 from gptrain.cli import main
-from gptrain.planning.estimate import Plan, estimate
+from gptrain.planning.plan import Plan, estimate
 from gptrain.core.accelerators import accelerator_of_device
 from gptrain.training.optim import make_optimizer
 

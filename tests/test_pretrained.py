@@ -8,7 +8,8 @@ import torch
 
 from gpt2_files import save_openai_layout, save_pickle_layout, serving_as_hub_gpt2, tiny_hf_model, write_config
 from gptrain import GPTConfig, GPTModel, download_gpt2, generate, load_gpt2, load_weights_into_gpt, save_checkpoint
-from gptrain.interop import pretrained as pretrained
+from gptrain.core.download import cache_dir
+from gptrain.interop.export import hf_state_dict
 from gptrain.core.errors import GptrainError
 
 transformers = pytest.importorskip("transformers")
@@ -134,7 +135,7 @@ def test_a_355M_state_dict_into_a_124M_model_names_the_tensor_and_both_shapes():
     with torch.device("meta"):
         gpt2_124m = GPTModel(GPTConfig(qkv_bias=True, tie_embeddings=True))
         gpt2_355m = GPTModel(GPTConfig(emb_dim=1024, n_layers=24, n_heads=16, qkv_bias=True, tie_embeddings=True))
-    exported = pretrained.hf_state_dict(gpt2_355m)
+    exported = hf_state_dict(gpt2_355m)
     with pytest.raises(GptrainError, match=r"tensor transformer.wte.weight has shape \(50257, 1024\) but the model "
                                            r"needs \(50257, 768\)"):
         load_weights_into_gpt(gpt2_124m, exported)
@@ -208,7 +209,7 @@ def served_124m(hf_dirs, monkeypatch):
 def test_download_then_load_from_the_cache(served_124m, hf_model, monkeypatch):
     server, weights = served_124m
     folder = download_gpt2("124M")
-    assert folder == pretrained.cache_dir() / "gpt2" / "124M"
+    assert folder == cache_dir() / "gpt2" / "124M"
     assert (folder / "model.safetensors").read_bytes() == weights
     monkeypatch.setenv("GPTRAIN_OFFLINE", "1")  # from now on the cache must do
     x = torch.randint(0, 50257, (1, 10))
@@ -221,7 +222,7 @@ def test_interrupted_download_resumes(served_124m):
     server.cut_after = 3_000_000
     with pytest.raises(GptrainError, match="run the same command again to resume"):
         download_gpt2("124M")
-    part = pretrained.cache_dir() / "gpt2" / "124M" / "model.safetensors.part"
+    part = cache_dir() / "gpt2" / "124M" / "model.safetensors.part"
     assert part.stat().st_size == 3_000_000
     server.cut_after = None
     folder = download_gpt2("124M")
@@ -236,5 +237,5 @@ def test_corrupt_download_is_rejected(served_124m):
     server.files["/openai-community/gpt2/resolve/main/model.safetensors"] = bytes(corrupt)
     with pytest.raises(GptrainError, match="is corrupt .*the file was removed"):
         download_gpt2("124M")
-    folder = pretrained.cache_dir() / "gpt2" / "124M"
+    folder = cache_dir() / "gpt2" / "124M"
     assert not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.part").exists()

@@ -189,10 +189,10 @@ def test_eval_unreadable_and_odd_data(capsys, run_dir, spots, tmp_path):
 def test_download_into_a_bad_cache(capsys, monkeypatch, tmp_path):
     from httpserver import FileServer
 
-    from gptrain.interop import pretrained as pretrained
+    from gptrain.interop import hub
 
     weights = b"\0" * 200_000
-    monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, "124M", (hashlib.sha256(weights).hexdigest(), len(weights)))
+    monkeypatch.setitem(hub.KNOWN_WEIGHTS, "124M", (hashlib.sha256(weights).hexdigest(), len(weights)))
     monkeypatch.delenv("GPTRAIN_OFFLINE")
     repo = "/openai-community/gpt2/resolve/main"
     with FileServer({f"{repo}/config.json": b"{}", f"{repo}/model.safetensors": weights}) as server:

@@ -120,7 +120,7 @@ def test_auto_precision_is_saved_resolved(tmp_path, story_page):
 
 
 def test_overfitting_is_train_falling_while_val_rises():
-    from gptrain.training.loop import overfitting
+    from gptrain.training.run_eval import overfitting
     assert overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.2])
     assert not overfitting([5.0, 4.0, 3.0], [6.0, 6.1, 6.05])  # val dipped
     assert not overfitting([5.0, 5.1, 3.0], [6.0, 6.1, 6.2])  # train did not fall every time

@@ -18,8 +18,10 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.interop.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
-from gptrain.model.config import PRESETS, GPTConfig, get_preset
+from gptrain.interop.hub import download_gpt2
+from gptrain.interop.pretrained import export_hf, inspect_loaded_model, load_gpt2
+from gptrain.interop.weights import load_weights_into_gpt
+from gptrain.model.config import GPT_CONFIG_124M, PRESETS, GPTConfig, get_preset
 from gptrain.model.gpt import (
     FeedForward,
     GPTModel,
@@ -34,7 +36,7 @@ from gptrain.model.loss import calc_loss_batch, calc_loss_loader, calc_loss_manu
 from gptrain.reporting.report import write_report
 from gptrain.store.checkpoint import load_checkpoint, save_checkpoint
 from gptrain.training.book import evaluate_model, plot_losses, train_model_simple
-from gptrain.training.config import GPT_CONFIG_124M, TrainConfig
+from gptrain.training.config import TrainConfig
 from gptrain.training.loop import train
 
 __version__ = "0.1.0"

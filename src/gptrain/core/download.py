@@ -6,7 +6,6 @@ Nothing in gptrain downloads unless the user asked for something that is not on 
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -16,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.hashing import sha256_file
 
 CHUNK_BYTES = 1 << 20
 
@@ -30,14 +30,6 @@ def cache_dir() -> Path:
 
 def offline() -> bool:
     return os.environ.get("GPTRAIN_OFFLINE", "").lower() in {"1", "true", "yes"}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_file(url: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None,
@@ -104,7 +96,7 @@ def _finish(part: Path, dest: Path, url: str, sha256: str | None, size: int | No
         part.unlink()
         raise GptrainError(f"download of {url} is {got:,} bytes, expected {size:,}; the file was removed, try again")
     if sha256 is not None:
-        digest = sha256_of(part)
+        digest = sha256_file(part)
         if digest != sha256:
             part.unlink()
             raise GptrainError(

@@ -12,8 +12,9 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptrain.core.download import cache_dir, download_file, sha256_of
+from gptrain.core.download import cache_dir, download_file
 from gptrain.core.errors import GptrainError
+from gptrain.core.hashing import sha256_file
 from gptrain.data.readers import ReadStats, read_jsonl_documents
 from gptrain.data.tokenizer import END_OF_TEXT, TABLE_SHA256, encode_text, get_tokenizer
 
@@ -113,7 +114,7 @@ def fetch_dataset(name: str) -> Path:
     for folder in data_dirs():
         candidate = folder / dataset.filename
         if candidate.is_file():
-            digest = sha256_of(candidate)
+            digest = sha256_file(candidate)
             if digest != dataset.sha256:
                 raise GptrainError(
                     f"{candidate} is not the canonical {dataset.filename} (sha256 {digest[:12]}…, expected "

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
-from gptrain.data.corpus import is_shard_dir, load_corpus, open_shards, split_text
-from gptrain.data.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, encode_text, get_tokenizer
+from gptrain.data.corpus import is_shard_dir, load_corpus
+from gptrain.data.splits import gpt2_tokens, split_tokens
+from gptrain.data.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, get_tokenizer
 from gptrain.interop.pretrained import load_gpt2
 from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config
 
@@ -187,13 +188,9 @@ def evaluate_tokens(model: nn.Module, tokens: np.ndarray, *, context_length: int
                       windows=len(windows), context_length=length, stride=stride, seconds=seconds)
 
 
-def encode(text: str) -> np.ndarray:
-    return np.array(encode_text(get_tokenizer(), text), dtype=np.int64)
-
-
 def evaluate_text(model: nn.Module, text: str, **kwargs: Any) -> Evaluation:
     """:func:`evaluate_tokens` on ``text``, tokenized with the GPT-2 tokenizer."""
-    return evaluate_tokens(model, encode(text), **kwargs)
+    return evaluate_tokens(model, gpt2_tokens(text), **kwargs)
 
 
 # --- What the CLI evaluates ---
@@ -210,15 +207,14 @@ def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: 
         split = split or "val"
         if split not in {"train", "val"}:
             raise GptrainError(f"{source} is a prepared folder with train and val splits: use --split train or --split val")
-        tokens = getattr(open_shards(source), split)
+        tokens = split_tokens(source, names=(split,))[split]
         return tokens, count_bytes(tokens), f"{source} ({split}.bin)"
-    text = load_corpus(source, text_field)
     split = split or "all"
-    if split != "all":
-        train_text, val_text = split_text(text, train_ratio)
-        text = train_text if split == "train" else val_text
-    label = str(source) if split == "all" else f"{source} ({split} split at {train_ratio:g})"
-    tokens = encode(text)
+    if split == "all":
+        tokens, label = gpt2_tokens(load_corpus(source, text_field)), str(source)
+    else:
+        tokens = split_tokens(source, train_ratio, text_field, names=(split,))[split]
+        label = f"{source} ({split} split at {train_ratio:g})"
     return tokens, count_bytes(tokens), label
 
 

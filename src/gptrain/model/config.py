@@ -21,6 +21,18 @@ def describe_unknown(unknown: list[str], known: set[str]) -> tuple[str, bool]:
     return text, all(matches.values())
 
 
+# The book's dict, exactly as chapter 4 defines it.
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "emb_dim": 768,
+    "n_heads": 12,
+    "n_layers": 12,
+    "drop_rate": 0.1,
+    "qkv_bias": False,
+}
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2 style model; the field names are the book's dict keys."""

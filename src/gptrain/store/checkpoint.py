@@ -35,23 +35,15 @@ from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
 from gptrain.store.integrity import read_verified, write_manifest
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "training_state.pt"
-OPTIMIZER_DIR = "optimizer"
-FORMAT = "gptrain-checkpoint"
-FORMAT_VERSION = 1
-
-
-
-
-
-
-
-
-
-
+from gptrain.store.layout import (
+    CONFIG_FILE,
+    FINAL_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    OPTIMIZER_DIR,
+    STATE_FILE,
+    WEIGHTS_FILE,
+)
 
 
 def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,8 +102,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise GptrainError(f"checkpoint {path} does not exist: give a checkpoint or run directory")
-    if path.is_dir() and not (path / WEIGHTS_FILE).exists() and (path / "final" / CONFIG_FILE).exists():
-        path = path / "final"  # a run directory
+    if path.is_dir() and not (path / WEIGHTS_FILE).exists() and (path / FINAL_DIR / CONFIG_FILE).exists():
+        path = path / FINAL_DIR  # a run directory
     if not path.is_dir():
         raise GptrainError(f"{path} is not a checkpoint directory: give the directory that holds {WEIGHTS_FILE}")
     if not (path / CONFIG_FILE).is_file():
@@ -229,9 +221,9 @@ def set_rng_state(saved: dict[str, Any]) -> None:
 def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint in a run directory that has all its files, oldest first."""
     found = []
-    candidates = [p for p in (out / CHECKPOINTS_DIR).glob("step-*") if STEP_DIR.match(p.name)] + [out / "final"]
+    candidates = [p for p in (out / CHECKPOINTS_DIR).glob("step-*") if STEP_DIR.match(p.name)] + [out / FINAL_DIR]
     for path in candidates:
-        if all((path / name).is_file() for name in (WEIGHTS_FILE, "config.json", "training_state.pt")):
+        if all((path / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE, STATE_FILE)):
             try:
                 step = read_checkpoint_config(path).get("step")
             except GptrainError:

@@ -8,7 +8,6 @@ info --verify`` checks every file of a checkpoint or of every checkpoint in a ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,19 +16,11 @@ from typing import Callable, TypeVar
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import write_json_atomic
+from gptrain.core.hashing import sha256_file
+from gptrain.store.layout import MANIFEST_FILE, is_checkpoint
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "gptrain-manifest"
-CHUNK_BYTES = 1 << 22
 T = TypeVar("T")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> dict:
@@ -121,7 +112,6 @@ def verify_checkpoint(folder: Path) -> list[str]:
 
 def checkpoint_folders(path: Path) -> list[Path]:
     """``path`` if it is a checkpoint, else every checkpoint inside it (a run directory)."""
-    is_checkpoint = lambda folder: (folder / MANIFEST_FILE).is_file() or (folder / "model.safetensors").is_file()
     if is_checkpoint(path):
         return [path]
     return sorted(folder for folder in path.rglob("*") if folder.is_dir() and is_checkpoint(folder)

@@ -19,24 +19,6 @@ from gptrain.evaluation.tasks import parse_task_spec
 from gptrain.model.config import GPTConfig, describe_unknown, get_preset
 from gptrain.model.lora import expand_targets
 
-# The book's dict, exactly as chapter 4 defines it.
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-
-
-
-
-
-
-
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("jsonl", "csv", "tensorboard")
 OPTIMIZERS = ("adamw", "muon")  # see gptrain.training.optim
@@ -304,11 +286,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "GPTConfig",
-    "GPT_CONFIG_124M",
-    "PRESETS",
     "TrainConfig",
-    "as_model_config",
-    "get_preset",
     "read_config_file",
 ]

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gptrain.core.errors import GptrainError
-from gptrain.data.corpus import TokenWindows, is_shard_dir, load_corpus, open_shards, split_text
-from gptrain.data.tokenizer import encode_text
+from gptrain.data.corpus import TokenWindows
+from gptrain.data.splits import split_tokens
 from gptrain.training.config import TrainConfig
 
 
-def load_windows(cfg: TrainConfig, context_length: int, tokenizer) -> tuple[TokenWindows, TokenWindows]:
+def load_windows(cfg: TrainConfig, context_length: int) -> tuple[TokenWindows, TokenWindows]:
     """Train and validation windows: a prepared shard folder (memmapped), or text split as the book does."""
-    if is_shard_dir(cfg.data):
-        shards = open_shards(cfg.data)
-        splits = {"train": shards.train, "val": shards.val}
-        stride = cfg.stride or context_length
-    else:
-        train_text, val_text = split_text(load_corpus(cfg.data, cfg.text_field), cfg.train_ratio)
-        encode = lambda text: np.array(encode_text(tokenizer, text), dtype=np.uint16)
-        splits = {"train": encode(train_text), "val": encode(val_text)}
-        stride = cfg.stride or context_length
+    stride = cfg.stride or context_length
     windows = []
-    for name, tokens in splits.items():
+    for name, tokens in split_tokens(cfg.data, cfg.train_ratio, cfg.text_field).items():
         try:
             windows.append(TokenWindows(tokens, context_length, stride if name == "train" else context_length))
         except GptrainError as exc:

@@ -1,0 +1,191 @@
+"""A run of ``gptrain train`` set up: its model, optimizer, data, device and process group.
+
+``train(cfg)`` is a few plain functions over two objects: :class:`Run` (what does not change while
+training: model, optimizer, data, device, process group) and ``state`` (what does: step, data
+position, tokens seen, losses). A checkpoint is ``state`` plus the weights and optimizer, so a
+resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gptrain.core.errors import GptrainError
+from gptrain.core.runtime import (
+    PAD_VOCAB_MULTIPLE,
+    Processes,
+    autocast_context,
+    pads_vocab,
+    prepare_device,
+    resolve_precision,
+    start_processes,
+)
+from gptrain.data.corpus import TokenWindows
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.model.gpt import GPTModel
+from gptrain.model.lora import add_lora
+from gptrain.reporting.metrics import MetricsLog
+from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
+from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
+from gptrain.training.optim import make_optimizer
+from gptrain.training.pace import Pace
+from gptrain.training.parallel import check_launch, checkpoint_activations, shard_model
+from gptrain.training.resume import data_fingerprint
+from gptrain.training.step import load_windows
+from gptrain.training.transfer import load_init_model
+
+
+class PendingBest:
+    """The weights with the lowest validation loss so far, held in memory until the next checkpoint.
+
+    A short run improves at most evaluations, and writing best/ each time wrote and fsynced the
+    whole model (650 MB for 124M) every few steps. best/ is now written with each resumable
+    checkpoint and at the end, so it never gets ahead of the checkpoint a resume starts from.
+    """
+
+    def __init__(self):
+        self.cfg = None
+        self.weights: dict[str, torch.Tensor] | None = None  # one CPU copy, reused
+        self.training_state: dict[str, Any] | None = None
+
+    def keep(self, model: GPTModel | None, training_state: dict[str, Any]) -> None:
+        """``model`` is what a checkpoint saves (``model_to_save``): None on processes that do not write."""
+        if model is None:
+            return
+        state = weights_state_dict(model)  # LoRA merged, vocabulary padding and a tied head left out
+        if self.weights is None:
+            self.weights = {name: torch.empty_like(tensor, device="cpu") for name, tensor in state.items()}
+        for name, tensor in state.items():
+            self.weights[name].copy_(tensor)
+        self.cfg, self.training_state = model.cfg, training_state
+
+    def write(self, path: Path, train_config: dict[str, Any]) -> None:
+        if self.training_state is None:
+            return
+        with torch.device("meta"):
+            plain = GPTModel(self.cfg)
+        load_state_into(plain, dict(self.weights), "the best weights")
+        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
+        self.training_state = None
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    procs: Processes
+    device: torch.device
+    model: nn.Module  # what is trained: possibly compiled and wrapped in DistributedDataParallel
+    raw_model: GPTModel  # the plain model: evaluated, sampled and saved
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_windows: TokenWindows
+    val_windows: TokenWindows
+    tokenizer: Any
+    out: Path
+    steps_per_epoch: int
+    total_steps: int
+    echo: Callable[[str], None]
+    log: MetricsLog | None = None
+    data_sha256: str | None = None  # of the train and val tokens: a resumed run must see the same
+    best: PendingBest = dataclasses.field(default_factory=PendingBest)
+    pace: Pace | None = None  # speed and ETA on the evaluation lines, when no progress bar shows them
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.procs.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.raw_model.cfg.context_length
+
+    def autocast(self):
+        return autocast_context(self.device.type, self.cfg.precision)
+
+
+def grad_accum_for(global_batch_tokens: int, batch_size: int, context_length: int, processes: int) -> int:
+    """The micro-batches per step that make up ``--global-batch-tokens``: for a run and for its estimate."""
+    per_micro_step = batch_size * context_length * processes
+    if global_batch_tokens < 1 or global_batch_tokens % per_micro_step:
+        raise GptrainError(
+            f"--global-batch-tokens {global_batch_tokens:,} is not a multiple of batch size x context x "
+            f"processes = {batch_size} x {context_length} x {processes} = {per_micro_step:,}: change one of them"
+        )
+    return global_batch_tokens // per_micro_step
+
+
+def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> int:
+    """Optimizer steps in the budget: the first of --epochs, --max-steps, --max-tokens to run out."""
+    limits = []
+    if cfg.epochs is not None:
+        limits.append(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if cfg.max_tokens is not None:
+        limits.append(math.ceil(cfg.max_tokens / tokens_per_step))
+    return min(limits) if limits else DEFAULT_EPOCHS * steps_per_epoch
+
+
+def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
+    procs, device = start_processes(cfg.device)
+    if cfg.fsdp:
+        check_launch(procs.world_size, device)
+    prepare_device(device, sharded=cfg.fsdp)
+    init_model = None
+    if cfg.init is not None:  # transfer learning: SOURCE's architecture and weights
+        init_model, init_sha256 = load_init_model(cfg, device)
+        cfg = dataclasses.replace(cfg, init_sha256=init_sha256)
+    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
+    # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device),
+                              pad_vocab=pads_vocab(device) if cfg.pad_vocab is None else cfg.pad_vocab)
+    if cfg.global_batch_tokens is not None:
+        grad_accum = grad_accum_for(cfg.global_batch_tokens, cfg.batch_size, model_cfg.context_length,
+                                    procs.world_size)
+        cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
+    tokenizer = get_tokenizer()
+    train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+
+    # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
+    torch.manual_seed(cfg.seed)
+    raw_model = GPTModel(model_cfg).to(device) if init_model is None else init_model
+    if cfg.pad_vocab:
+        raw_model.pad_vocab(PAD_VOCAB_MULTIPLE)
+    if cfg.lora_rank is not None:  # after pad_vocab, whose new head parameter would otherwise be trained
+        add_lora(raw_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(raw_model)
+    if cfg.fsdp:
+        shard_model(raw_model, cfg.precision)
+    if procs.rank:
+        torch.manual_seed(cfg.seed + procs.rank)  # different dropout masks on each process
+    model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
+    if procs.distributed and not cfg.fsdp:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(raw_model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
+    steps_per_epoch = len(train_windows) // global_batch
+    if steps_per_epoch == 0:
+        raise GptrainError(
+            f"the training split has {len(train_windows)} window(s), fewer than one batch of {global_batch} "
+            f"(batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x {procs.world_size} process(es)): "
+            "use a smaller --batch-size or --context-length, or more text"
+        )
+    total_steps = plan_steps(cfg, steps_per_epoch, global_batch * model_cfg.context_length)
+    return Run(cfg, procs, device, model, raw_model, optimizer, scaler, train_windows, val_windows, tokenizer,
+               Path(cfg.out), steps_per_epoch, total_steps, echo,
+               data_sha256=data_fingerprint(train_windows.tokens, val_windows.tokens))
+
+
+def new_state() -> dict[str, Any]:
+    return {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val_loss": math.inf,
+            "best_step": None, "evals_since_best": 0, "overfitting_warned": False,
+            "train_losses": [], "val_losses": [], "track_tokens_seen": []}
