@@ -11,7 +11,7 @@ from gptrain import GPTModel, TrainConfig, create_dataloader_v1, export_hf, load
 
 from gptrain.model.lora import LoRALinear, add_lora, adapter_state_dict, export_peft_adapter, load_adapter, lora_layers, merge_lora
 from gptrain.training.optim import make_optimizer
-from gptrain.interop.pretrained import load_gpt2
+from gptrain.interop.sources import load_gpt2
 
 quiet = lambda line: None
 

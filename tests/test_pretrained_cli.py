@@ -122,7 +122,7 @@ BAD_SOURCES = [
     ("truncated", "truncated/model.safetensors is truncated or damaged"),
     ("llama", "llama/config.json is not a GPT-2 config (model_type 'llama', not 'gpt2')"),
     ("notes.txt", "notes.txt is not a checkpoint: it is neither a safetensors file nor a PyTorch state dict"),
-    ("empty", "empty holds no weights: expected model.safetensors or pytorch_model.bin in it"),
+    ("empty", "empty holds no weights: expected model.safetensors or pytorch_model.bin (a Hugging Face folder)"),
     ("774M", "is not on disk and GPTRAIN_OFFLINE is set, so it is not downloaded: put config.json and "
              "model.safetensors from https://huggingface.co/openai-community/gpt2-large in"),
 ]

@@ -13,7 +13,7 @@ from gptrain.cli import main
 from gptrain.data.corpus import TokenWindows, load_corpus, split_text
 from gptrain.core.errors import GptrainError
 from gptrain.evaluation.heldout import evaluate_tokens
-from gptrain.interop.pretrained import load_gpt2
+from gptrain.interop.sources import load_gpt2
 from gptrain.data.tokenizer import get_tokenizer
 from gptrain.training.transfer import load_init_model
 

@@ -19,7 +19,8 @@ from gptrain.inference.generate import (
     stream_tokens,
 )
 from gptrain.interop.hub import download_gpt2
-from gptrain.interop.pretrained import export_hf, inspect_loaded_model, load_gpt2
+from gptrain.interop.pretrained import export_hf, inspect_loaded_model
+from gptrain.interop.sources import ModelSource, load_gpt2, resolve_model
 from gptrain.interop.weights import load_weights_into_gpt
 from gptrain.model.config import GPT_CONFIG_124M, PRESETS, GPTConfig, get_preset
 from gptrain.model.gpt import (
@@ -51,6 +52,7 @@ __all__ = [
     "GptrainError",
     "KVCache",
     "MultiHeadAttention",
+    "ModelSource",
     "TrainConfig",
     "TransformerBlock",
     "add_lora",
@@ -82,6 +84,7 @@ __all__ = [
     "merge_lora",
     "perplexity",
     "plot_losses",
+    "resolve_model",
     "save_adapter",
     "save_checkpoint",
     "split_text",

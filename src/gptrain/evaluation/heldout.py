@@ -31,9 +31,8 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.data.corpus import is_shard_dir, load_corpus
 from gptrain.data.splits import gpt2_tokens, split_tokens
-from gptrain.data.tokenizer import END_OF_TEXT_ID, TABLE_SHA256, TOKENIZER_NAME, get_tokenizer
-from gptrain.interop.pretrained import load_gpt2
-from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config
+from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from gptrain.interop.sources import resolve_model
 
 
 @dataclass(frozen=True)
@@ -218,25 +217,9 @@ def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: 
     return tokens, count_bytes(tokens), label
 
 
-def check_checkpoint_tokenizer(config: dict[str, Any], source: str | Path) -> None:
-    """Refuse a checkpoint whose config names another tokenizer than the bundled GPT-2 table."""
-    recorded = config.get("tokenizer") or {}
-    if recorded.get("sha256", TABLE_SHA256) != TABLE_SHA256:
-        raise GptrainError(
-            f"{source} was trained with another tokenizer ({recorded.get('name', '?')}, sha256 "
-            f"{str(recorded.get('sha256'))[:12]}…) than gptrain's {TOKENIZER_NAME} (sha256 {TABLE_SHA256[:12]}…): "
-            "its loss on text tokenized with ours would mean nothing; evaluate a checkpoint trained with gptrain"
-        )
-
-
 def load_eval_model(checkpoint: str | Path | None = None, pretrained: str | None = None,
                     device: torch.device | str = "cpu") -> nn.Module:
-    """A gptrain checkpoint (or run directory), or GPT-2 weights through :mod:`gptrain.interop.pretrained`."""
+    """The model ``--checkpoint`` or ``--pretrained`` names (see :func:`gptrain.interop.sources.resolve_model`)."""
     if (checkpoint is None) == (pretrained is None):
         raise GptrainError("give either --checkpoint PATH or --pretrained SOURCE")
-    if checkpoint is not None:
-
-        check_checkpoint_tokenizer(read_checkpoint_config(checkpoint), checkpoint)
-        return load_checkpoint(checkpoint, device=device)
-
-    return load_gpt2(pretrained, device=device)
+    return resolve_model(checkpoint if checkpoint is not None else pretrained, device=device).model

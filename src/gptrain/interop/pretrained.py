@@ -1,8 +1,8 @@
-"""GPT-2 models from anywhere into GPTModel: a size (downloaded), a Hugging Face folder, the book's
-state dict or a gptrain checkpoint; and the lecture's summary of a loaded model.
+"""GPT-2 models out of gptrain, to a Hugging Face folder; and the lecture's summary of a loaded model.
 
-The conversion itself is in :mod:`gptrain.interop.weights`, the download in :mod:`gptrain.interop.hub`
-and the way out, to a Hugging Face folder, in :mod:`gptrain.interop.export`.
+The way in, from any model reference, is :mod:`gptrain.interop.sources`; the conversion itself is in
+:mod:`gptrain.interop.weights`, the download in :mod:`gptrain.interop.hub` and the folder written in
+:mod:`gptrain.interop.export`.
 """
 
 from __future__ import annotations
@@ -12,72 +12,18 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-import torch
 from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.oserrors import check_output_dir
 from gptrain.data.tokenizer import VOCAB_SIZE
-from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read_hf_config
 from gptrain.interop.export import write_hf_folder
-from gptrain.interop.hub import download_gpt2, gpt2_size, source_path
-from gptrain.interop.weights import HF, assign_weights, infer_config, open_weights
+from gptrain.interop.hub import download_gpt2, gpt2_size
+from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel, count_parameters, unwrap_model
-from gptrain.store.checkpoint import load_checkpoint, resolve_checkpoint
-from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
 
-# download_gpt2 and gpt2_size are the hub's, named here with the rest of GPT-2's way in.
-__all__ = ["download_gpt2", "export_hf", "gpt2_size", "inspect_loaded_model", "load_gpt2", "source_weights_file"]
-
-def _weights_file(folder: Path) -> Path:
-    for name in (HF_SAFETENSORS, HF_PICKLE):
-        if (folder / name).is_file():
-            return folder / name
-    raise GptrainError(f"{folder} holds no weights: expected {HF_SAFETENSORS} or {HF_PICKLE} in it")
-
-
-def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu",
-              n_heads: int | None = None) -> GPTModel:
-    """A ready GPTModel (eval mode) from OpenAI's GPT-2 weights or any other GPT-2 checkpoint.
-
-    ``source`` is one of
-      * a size: ``124M``, ``355M``, ``774M``, ``1558M`` (or ``gpt2``, ``gpt2-medium``, ``gpt2-large``,
-        ``gpt2-xl``): OpenAI's weights from the cache, downloaded first if need be;
-      * a Hugging Face folder or file (``model.safetensors`` or ``pytorch_model.bin`` with its
-        ``config.json``): GPT-2 proper has qkv bias, context 1024 and its head tied to the embedding;
-      * a state dict file in the book's naming (``torch.save(model.state_dict(), "model.pth")``),
-        whose config is read off the tensor shapes;
-      * a gptrain checkpoint or run directory (as :func:`gptrain.load_checkpoint`).
-
-    The head count is not stored in weights files without a config: GPT-2's widths imply it,
-    for other widths give ``n_heads``.
-    """
-    path = source_path(source)
-    checkpoint = checkpoint_at(path)
-    if checkpoint is not None:
-        return load_checkpoint(checkpoint, device=device)
-    weights_file = _weights_file(path) if path.is_dir() else path
-    config_file = weights_file.parent / HF_CONFIG
-    # A folder's config.json says what the folder is: check it before reading any weights.
-    cfg = read_hf_config(config_file) if path.is_dir() and config_file.is_file() else None
-    weights = open_weights(weights_file)
-    if weights.naming == HF and cfg is None and config_file.is_file():
-        cfg = read_hf_config(config_file)
-    if weights.naming != HF or cfg is None:
-        cfg = infer_config(weights, n_heads)
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    assign_weights(model, weights, device)
-    return model.eval()
-
-
-def source_weights_file(source: str | Path) -> Path:
-    """The file :func:`load_gpt2` reads ``source``'s weights from (a size means its cached file)."""
-    path = source_path(source)
-    checkpoint = checkpoint_at(path)
-    if checkpoint is not None:
-        return resolve_checkpoint(checkpoint) / WEIGHTS_FILE
-    return _weights_file(path) if path.is_dir() else path
+# download_gpt2 and gpt2_size are the hub's, named here with the rest of GPT-2's way in and out.
+__all__ = ["download_gpt2", "export_hf", "gpt2_size", "inspect_loaded_model"]
 
 
 def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool = False,

@@ -14,7 +14,7 @@ from gptrain.data.tokenizer import (
     token_ids_to_text,
 )
 from gptrain.inference.generate import generate
-from gptrain.interop.pretrained import load_gpt2
+from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel
 
 

@@ -15,7 +15,7 @@ import torch
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.hashing import sha256_file
-from gptrain.interop.pretrained import load_gpt2, source_weights_file
+from gptrain.interop.sources import resolve_model
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel
 from gptrain.store.checkpoint import load_state_into, weights_state_dict
@@ -55,8 +55,8 @@ def load_init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> tup
 
     # Weights files without a config do not record the head count: a given preset says it.
     n_heads = get_preset(cfg.preset).n_heads if cfg.preset is not None else None
-    model = load_gpt2(cfg.init, device=device, n_heads=n_heads)
-    sha256 = sha256_file(source_weights_file(cfg.init))
+    source = resolve_model(cfg.init, device=device, n_heads=n_heads)
+    model, sha256 = source.model, sha256_file(source.weights_file)
     if cfg.init_sha256 is not None and sha256 != cfg.init_sha256:
         raise GptrainError(f"--init {cfg.init} holds other weights (sha256 {sha256[:12]}…) than the run started from "
                            f"({cfg.init_sha256[:12]}…): restore them, or start a new run with another --out")

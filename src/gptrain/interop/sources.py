@@ -1,0 +1,165 @@
+"""The one resolver of a model reference: what every command's ``--model SOURCE`` names.
+
+A reference is one of
+  * a GPT-2 size: ``124M``, ``355M``, ``774M``, ``1558M`` (or ``gpt2``, ``gpt2-medium``, ``gpt2-large``,
+    ``gpt2-xl``): OpenAI's weights from the cache, downloaded first if need be;
+  * a Hugging Face GPT-2 folder (``config.json`` with ``model.safetensors`` or ``pytorch_model.bin``)
+    or one of its weights files;
+  * a state dict file in Hugging Face's or the book's naming (``.pth``, ``.pt``, ``.bin``,
+    ``.safetensors``), whose shape is read off the tensors; the head count, which no tensor
+    records, comes from a ``config.json`` beside it, from ``n_heads`` or from GPT-2's known widths;
+  * a gptrain checkpoint, or a run directory (its ``final/``; ``RUN/best`` is a checkpoint too);
+    a LoRA run's checkpoints hold the adapters merged into the weights.
+
+Each is resolved once, by :func:`resolve_model` (or, for the shape alone, :func:`resolve_shape`), and
+the tokenizer the model was trained with is checked against gptrain's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptrain.core.errors import GptrainError
+from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
+from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read_hf_config
+from gptrain.interop.hub import gpt2_size, source_path
+from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
+from gptrain.model.config import GPTConfig, get_preset
+from gptrain.model.gpt import GPTModel
+from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
+
+# The kinds of reference, as ModelSource.kind names them.
+GPT2_SIZE, HF_FOLDER, STATE_DICT, CHECKPOINT = "gpt2-size", "hf-folder", "state-dict", "checkpoint"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model reference: the model (eval mode), its shape and where it came from."""
+
+    model: GPTModel
+    config: GPTConfig
+    kind: str  # GPT2_SIZE, HF_FOLDER, STATE_DICT or CHECKPOINT
+    origin: str  # the reference as given, and what it resolved to
+    weights_file: Path  # the file the weights were read from (its sha256 identifies them)
+    tokenizer: str = TOKENIZER_NAME
+    tokenizer_sha256: str = TABLE_SHA256
+
+
+@dataclass(frozen=True)
+class _Located:
+    path: Path
+    kind: str
+    weights_file: Path
+    checkpoint: Path | None = None
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in (HF_SAFETENSORS, HF_PICKLE):
+        if (folder / name).is_file():
+            return folder / name
+    raise GptrainError(f"{folder} holds no weights: expected {HF_SAFETENSORS} or {HF_PICKLE} (a Hugging Face "
+                       f"folder), or {WEIGHTS_FILE} with a gptrain config.json (a checkpoint), or a run's final/")
+
+
+def _locate(source: str | Path) -> _Located:
+    if not str(source).strip():
+        raise GptrainError("the model reference is empty: give --model a GPT-2 size (124M, gpt2, ...), a Hugging "
+                           "Face folder, a state dict file, or a gptrain checkpoint or run directory")
+    path = source_path(source)
+    checkpoint = checkpoint_at(path)
+    if checkpoint is not None:
+        checkpoint = resolve_checkpoint(checkpoint)
+        return _Located(path, CHECKPOINT, checkpoint / WEIGHTS_FILE, checkpoint)
+    if path.is_dir():
+        kind = GPT2_SIZE if gpt2_size(str(source)) and not Path(source).expanduser().exists() else HF_FOLDER
+        return _Located(path, kind, _weights_file(path))
+    return _Located(path, STATE_DICT, path)
+
+
+def check_tokenizer(config: dict[str, Any], source: str | Path) -> None:
+    """Refuse a checkpoint whose config names another tokenizer than gptrain's GPT-2 table."""
+    recorded = config.get("tokenizer") or {}
+    if recorded.get("sha256", TABLE_SHA256) != TABLE_SHA256:
+        raise GptrainError(
+            f"{source} was trained with another tokenizer ({recorded.get('name', '?')}, sha256 "
+            f"{str(recorded.get('sha256'))[:12]}…) than gptrain's {TOKENIZER_NAME} (sha256 {TABLE_SHA256[:12]}…): "
+            "its text would be misread; use a model trained with gptrain's GPT-2 tokenizer"
+        )
+
+
+def _heads_beside(weights_file: Path) -> int | None:
+    """The head count a ``config.json`` beside a state dict gives (Hugging Face's ``n_head`` or the book's
+    ``n_heads``), if there is one."""
+    try:
+        values = json.loads((weights_file.parent / HF_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    heads = values.get("n_heads", values.get("n_head")) if isinstance(values, dict) else None
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) else None
+
+
+def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
+    config_file = located.weights_file.parent / HF_CONFIG
+    cfg = None
+    if located.path.is_dir():
+        # A folder's config.json says what the folder is: checked before any weights are read.
+        cfg = read_hf_config(config_file) if config_file.is_file() else None
+        weights = open_weights(located.weights_file)
+    elif located.path.is_file():
+        weights = open_weights(located.path)
+        if weights.naming == HF and config_file.is_file():
+            cfg = read_hf_config(config_file)
+    else:
+        raise GptrainError(f"{located.path} is neither a file nor a folder: give a model's weights or folder")
+    if cfg is None or weights.naming != HF:
+        cfg = infer_config(weights, n_heads or _heads_beside(located.weights_file))
+    return weights, cfg
+
+
+def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None) -> ModelSource:
+    """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``."""
+    located = _locate(source)
+    if located.checkpoint is not None:
+        check_tokenizer(read_checkpoint_config(located.checkpoint), source)
+        model = load_checkpoint(located.checkpoint, device=device)
+        origin = f"{source} (gptrain checkpoint {located.checkpoint})"
+    else:
+        weights, cfg = _read(located, n_heads)
+        with torch.device("meta"):
+            model = GPTModel(cfg)
+        assign_weights(model, weights, device)
+        model.eval()
+        origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
+    return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
+                       weights_file=located.weights_file)
+
+
+def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:
+    """The shape of the model ``source`` names, without loading its weights where a config says it
+    (a GPT-2 size is not downloaded for it)."""
+    size = gpt2_size(str(source))
+    if size is not None and not Path(source).expanduser().exists():
+        return get_preset(size).replace(qkv_bias=True, tie_embeddings=True)  # OpenAI's GPT-2
+    located = _locate(source)
+    if located.checkpoint is not None:
+        config = read_checkpoint_config(located.checkpoint)
+        check_tokenizer(config, source)
+        return GPTConfig.from_dict(config["model"])
+    return _read(located, n_heads)[1]
+
+
+def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu",
+              n_heads: int | None = None) -> GPTModel:
+    """A ready GPTModel (eval mode) from OpenAI's GPT-2 weights or any other reference
+    :func:`resolve_model` takes. The head count is not stored in weights files without a config:
+    GPT-2's widths imply it, for other widths give ``n_heads``."""
+    return resolve_model(source, device=device, n_heads=n_heads).model
+
+
+__all__ = ["ModelSource", "check_tokenizer", "load_gpt2", "resolve_model", "resolve_shape"]
