@@ -80,6 +80,11 @@ class GPTConfig:
                                + ("" if all_matched else f"; known keys are {', '.join(sorted(known))}"))
         return cls(**values)
 
+    def describe(self) -> str:
+        """``12 layers, 12 heads, 768 wide, context 1024, 50257 tokens``: the shape in words."""
+        return (f"{self.n_layers} layers, {self.n_heads} heads, {self.emb_dim} wide, context {self.context_length}, "
+                f"{self.vocab_size} tokens")
+
     def replace(self, **changes: Any) -> "GPTConfig":
         return dataclasses.replace(self, **changes)
 

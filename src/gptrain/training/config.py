@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.tomlfile import toml_table
+from gptrain.data.tokenizer import VOCAB_SIZE
 from gptrain.evaluation.tasks import parse_task_spec
 from gptrain.model.config import GPTConfig, describe_unknown, get_preset
 from gptrain.model.lora import expand_targets
@@ -23,6 +25,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("jsonl", "csv", "tensorboard")
 OPTIMIZERS = ("adamw", "muon")  # see gptrain.training.optim
 SCHEDULES = ("constant", "cosine", "wsd")
+SHAPE_FLAGS = ("n_layers", "n_heads", "emb_dim", "vocab_size")  # with context_length: what gptrain train shapes
+RECIPE_FILE = "train.toml"  # in every run directory
+UNSET = "unset"  # a config file's list of settings that are none
 DEFAULT_EPOCHS = 10  # the lecture's budget, used when no --epochs, --max-steps or --max-tokens is given
 
 
@@ -33,9 +38,14 @@ class TrainConfig:
     data: str = "the-verdict"
     text_field: str = "text"  # the field of each .jsonl record that holds the text, as in gptrain prepare
     out: str = "runs/verdict"
-    preset: str | None = "124M"
+    preset: str | None = "124M"  # the named starting point of the shape; None: GPTConfig's defaults (GPT-2 124M's)
     context_length: int | None = 256
     dropout: float | None = None
+    # Any shape: each one given replaces the preset's (a run saves them all, resolved).
+    n_layers: int | None = None
+    n_heads: int | None = None
+    emb_dim: int | None = None
+    vocab_size: int | None = None  # at least the tokenizer's vocabulary
     batch_size: int = 2
     # The budget: the first of these to run out ends training. With none given, 10 epochs.
     epochs: int | None = None
@@ -104,7 +114,7 @@ class TrainConfig:
         _check_types(self)
         for name in ("batch_size", "grad_accum", "eval_iter", "log_every"):
             _check_positive_int(name, getattr(self, name))
-        for name in ("context_length", "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
+        for name in ("context_length", *SHAPE_FLAGS, "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
                      "save_every", "keep_last", "global_batch_tokens", "early_stop_patience"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
@@ -139,8 +149,7 @@ class TrainConfig:
             raise GptrainError(f"unknown --logger {', '.join(unknown_loggers)}: choose from {', '.join(LOGGERS)}")
         if self.precision not in PRECISIONS:
             raise GptrainError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.preset is not None or self.init is None:
-            get_preset(self.preset)
+        self._check_shape()
         self.check_eval_tasks()
         self._check_transfer_settings()
         for name in ("fsdp", "activation_checkpointing"):
@@ -152,6 +161,19 @@ class TrainConfig:
         if self.fsdp and self.optimizer == "muon":
             # Muon orthogonalises whole matrices; FSDP2 gives each process a slice of each one.
             raise GptrainError("--fsdp cannot be combined with --optimizer muon yet: use --optimizer adamw")
+
+    def _check_shape(self) -> None:
+        """The shape is checked here, before any data or weights are read."""
+        base = get_preset(self.preset) if self.preset is not None else GPTConfig()
+        if self.init is not None:
+            return  # the architecture is SOURCE's: gptrain.training.transfer checks the flags against it
+        emb_dim, n_heads = self.emb_dim or base.emb_dim, self.n_heads or base.n_heads
+        if emb_dim % n_heads:
+            raise GptrainError(f"--emb-dim {emb_dim} is not divisible by --n-heads {n_heads}: each head takes "
+                               "emb-dim / n-heads dimensions, choose a width that is a multiple of the head count")
+        if self.vocab_size is not None and self.vocab_size < VOCAB_SIZE:
+            raise GptrainError(f"--vocab-size {self.vocab_size} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE:,} "
+                               f"tokens: give at least {VOCAB_SIZE} (more only adds unused rows)")
 
     def check_eval_tasks(self) -> None:
 
@@ -202,13 +224,16 @@ class TrainConfig:
             raise GptrainError(f"--decay-fraction must be in (0, 1], not {self.decay_fraction!r}")
 
     def model_config(self) -> GPTConfig:
-        """The preset with this run's overrides applied."""
-        cfg = get_preset(self.preset)
-        if self.context_length is not None:
-            cfg = cfg.replace(context_length=self.context_length)
-        if self.dropout is not None:
-            cfg = cfg.replace(drop_rate=self.dropout)
-        return cfg
+        """The preset (or GPTConfig's defaults) with this run's shape and dropout applied."""
+        cfg = get_preset(self.preset) if self.preset is not None else GPTConfig()
+        cfg = cfg.replace(**{name: getattr(self, name) for name in ("context_length", *SHAPE_FLAGS)
+                             if getattr(self, name) is not None})
+        return cfg if self.dropout is None else cfg.replace(drop_rate=self.dropout)
+
+    def resolved_shape(self, cfg: GPTConfig) -> "TrainConfig":
+        """These settings with the shape of the model built (``cfg``) written out in full."""
+        return dataclasses.replace(self, context_length=cfg.context_length, dropout=cfg.drop_rate,
+                                   **{name: getattr(cfg, name) for name in SHAPE_FLAGS})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -282,10 +307,24 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise GptrainError(f"config file {path} must hold a table of settings")
     # A run's saved config.json nests the training settings under "train".
-    return values["train"] if isinstance(values.get("train"), dict) else values
+    values = values["train"] if isinstance(values.get("train"), dict) else values
+    unset = values.pop(UNSET, [])
+    if not isinstance(unset, list) or not all(isinstance(name, str) for name in unset):
+        raise GptrainError(f"config file {path}: {UNSET} must be a list of setting names, not {unset!r}")
+    return values | dict.fromkeys(unset, None)
+
+
+def recipe_text(cfg: TrainConfig) -> str:
+    """A run's ``train.toml``: its resolved settings, which ``gptrain train --config`` reads back to repeat it."""
+    values = cfg.to_dict()
+    header = (f"# The resolved settings of the run: gptrain train --config {RECIPE_FILE} --out OTHER repeats it,\n"
+              "# and flags given beside --config override these. TOML has no null: unset lists the settings left none.\n")
+    return header + toml_table({name: value for name, value in values.items() if value is not None}
+                               | {UNSET: [name for name, value in values.items() if value is None]})
 
 
 __all__ = [
     "TrainConfig",
     "read_config_file",
+    "recipe_text",
 ]

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from gptrain.core.errors import GptrainError
-from gptrain.core.files import write_json_atomic
+from gptrain.core.files import write_json_atomic, write_text_atomic
 from gptrain.core.formatting import duration, human
 from gptrain.core.runtime import (
     gather_over_processes,
@@ -38,7 +38,7 @@ from gptrain.store.checkpoint import CHECKPOINTS_DIR, prune_checkpoints
 from gptrain.training.book import plot_losses
 from gptrain.training.checkpointing import prepare_run_dir, resume_latest, save_run_checkpoint
 from gptrain.training.clock import RunClock, run_cost
-from gptrain.training.config import TrainConfig
+from gptrain.training.config import RECIPE_FILE, TrainConfig, recipe_text
 from gptrain.training.optim import lr_at, set_lr
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import accumulate_without_sync, local_value
@@ -117,6 +117,7 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
         step, path, resume_changes = resume_latest(run, state)
     if main:
         write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()})
+        write_text_atomic(run.out / RECIPE_FILE, recipe_text(run.cfg))
     run.log = MetricsLog(run.out, run.cfg.logger, enabled=main)
     if resume:
         run.log.write("resume", step=step, checkpoint=str(path), changed=resume_changes)
@@ -248,8 +249,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
           echo: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Run ``cfg`` end to end and return a summary; writes the run directory ``cfg.out``.
 
-    The run directory holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
-    JSON line per step, evaluation and sample), ``loss.png``, ``report.html``, ``best/`` (weights
+    The run directory holds ``config.json`` and ``train.toml`` (the resolved settings; ``gptrain train
+    --config RUN/train.toml`` repeats the run), ``metrics.jsonl`` (one JSON line per step, evaluation
+    and sample), ``loss.png``, ``report.html``, ``best/`` (weights
     with the lowest validation loss), ``final/`` and, with ``save_every``, ``checkpoints/step-N/``. With
     ``resume`` it continues from the latest complete checkpoint there. Under torchrun only rank
     0 logs, samples and saves.

@@ -29,6 +29,7 @@ from gptrain.core.runtime import (
 )
 from gptrain.data.corpus import TokenWindows
 from gptrain.data.tokenizer import get_tokenizer
+from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel
 from gptrain.model.lora import add_lora
 from gptrain.reporting.metrics import MetricsLog
@@ -142,6 +143,8 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         init_model, init_sha256 = load_init_model(cfg, device)
         cfg = dataclasses.replace(cfg, init_sha256=init_sha256)
     model_cfg = cfg.model_config() if init_model is None else init_model.cfg
+    cfg = cfg.resolved_shape(model_cfg)
+    echo(f"Model: {model_cfg.describe()}; {parameter_counts(model_cfg).total:,} parameters")
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device),
                               pad_vocab=pads_vocab(device) if cfg.pad_vocab is None else cfg.pad_vocab)

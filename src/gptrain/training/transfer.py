@@ -19,14 +19,10 @@ from gptrain.interop.sources import resolve_model
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel
 from gptrain.store.checkpoint import load_state_into, weights_state_dict
-from gptrain.training.config import TrainConfig
+from gptrain.training.config import SHAPE_FLAGS, TrainConfig
 
 # Settings a resumed transfer run must keep: the base it adapts and the shape of its adapters.
 TRANSFER_MUST_MATCH = ("init", "init_sha256", "lora_rank", "lora_alpha", "lora_targets")
-
-
-def _architecture(cfg: GPTConfig) -> str:
-    return f"{cfg.vocab_size} tokens, {cfg.emb_dim} wide, {cfg.n_layers} layers, {cfg.n_heads} heads"
 
 
 def init_config(cfg: TrainConfig, source_cfg: GPTConfig) -> GPTConfig:
@@ -36,8 +32,14 @@ def init_config(cfg: TrainConfig, source_cfg: GPTConfig) -> GPTConfig:
         preset = get_preset(cfg.preset)
         shape = lambda c: (c.vocab_size, c.emb_dim, c.n_layers, c.n_heads)
         if shape(preset) != shape(source_cfg):
-            raise GptrainError(f"--preset {cfg.preset} ({_architecture(preset)}) disagrees with --init {cfg.init} "
-                               f"({_architecture(source_cfg)}): leave --preset out, the architecture comes from SOURCE")
+            raise GptrainError(f"--preset {cfg.preset} ({preset.describe()}) disagrees with --init {cfg.init} "
+                               f"({source_cfg.describe()}): leave --preset out, the architecture comes from SOURCE")
+    for name in SHAPE_FLAGS:
+        given, source_value = getattr(cfg, name), getattr(source_cfg, name)
+        if given is not None and given != source_value:
+            flag = "--" + name.replace("_", "-")
+            raise GptrainError(f"{flag} {given} disagrees with --init {cfg.init}'s {source_value} "
+                               f"({source_cfg.describe()}): leave {flag} out, the architecture comes from SOURCE")
     context = cfg.context_length or source_cfg.context_length
     if context > source_cfg.context_length:
         raise GptrainError(f"--context-length {context} is longer than --init {cfg.init}'s "
