@@ -63,7 +63,7 @@ def test_weight_decay_only_on_matrices(tiny_cfg):
 def test_run_writes_metrics_plot_and_checkpoints(tmp_path, story_page):
     summary = train(tiny_run(tmp_path, story_page), echo=lambda line: None)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "loss.png", "report.html", "best", "final"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "train.toml", "metrics.jsonl", "loss.png", "report.html", "best", "final"}
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in events if e["event"] == "eval"]
     samples = [e for e in events if e["event"] == "sample"]
