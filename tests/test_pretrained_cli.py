@@ -10,6 +10,7 @@ import torch
 from gpt2_files import serving_as_hub_gpt2
 from gptrain import GPTModel, export_hf, generate, get_tokenizer, save_checkpoint, text_to_token_ids
 from gptrain.interop import pretrained as pretrained
+from gptrain.lecture.compare import compare_continuations
 from gptrain.cli import main
 
 
@@ -79,8 +80,8 @@ def test_compare_prints_the_three_continuations(hf_dir, checkpoint, tiny_cfg, ca
     assert list(printed) == ["random init", f"trained {checkpoint}", f"pretrained {hf_dir}"]
 
     # The random row is a model of the pretrained model's config, initialised after manual_seed(seed).
-    rows = pretrained.compare_continuations("Every effort moves you", checkpoint=checkpoint, pretrained=hf_dir,
-                                            max_new_tokens=6, seed=3)
+    rows = compare_continuations("Every effort moves you", checkpoint=checkpoint, pretrained=hf_dir,
+                                 max_new_tokens=6, seed=3)
     assert [" ".join(text.split()) for _, text in rows] == list(printed.values())
     torch.manual_seed(3)
     random_model = GPTModel(tiny_cfg.replace(qkv_bias=True, tie_embeddings=True, drop_rate=0.1))
@@ -155,8 +156,8 @@ def test_compare_samples_with_top_p_and_rejects_a_bad_one(hf_dir, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "top-p 0.3" in out
-    nucleus, unfiltered = (dict(pretrained.compare_continuations("Every effort moves you", pretrained=hf_dir,
-                                                                 max_new_tokens=6, temperature=3, top_p=top_p))
+    nucleus, unfiltered = (dict(compare_continuations("Every effort moves you", pretrained=hf_dir,
+                                                      max_new_tokens=6, temperature=3, top_p=top_p))
                            for top_p in (0.3, None))
     label = f"pretrained {hf_dir}"
     assert printed_rows(out)[label] == " ".join(nucleus[label].split())
