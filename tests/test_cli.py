@@ -8,6 +8,7 @@ import pytest
 
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
+from gptrain.training.config import resolve_train_config
 
 
 def run_cli(*args, cwd=None):
@@ -42,6 +43,23 @@ def test_config_file_with_flag_override(tmp_path, verdict_path):
     assert main(["train", "--config", str(config), "--out", str(out), "--context-length", "24"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["context_length"] == 24 and saved["train"]["batch_size"] == 8
+
+
+def test_train_settings_come_from_the_saved_run_then_the_config_file_then_the_flags(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"out": str(run), "preset": "tiny", "seed": 7,
+                                                           "lr": 1e-3, "batch_size": 4}}))
+    config = tmp_path / "more.toml"
+    config.write_text("lr = 2e-3\nbatch_size = 3\n")
+    resumed = resolve_train_config({"out": str(run), "batch_size": 5}, config_file=config, resume=True)
+    assert (resumed.preset, resumed.seed, resumed.lr, resumed.batch_size) == ("tiny", 7, 2e-3, 5)
+    fresh = resolve_train_config({"out": str(run)}, config_file=config)
+    assert (fresh.preset, fresh.seed, fresh.lr, fresh.batch_size) == ("124M", 123, 2e-3, 3)
+    transfer = resolve_train_config({"init": "124M", "out": str(tmp_path / "new")})
+    assert (transfer.preset, transfer.context_length) == (None, None)  # the architecture is SOURCE's
+    with pytest.raises(GptrainError, match="--init starts a new run and --resume continues one"):
+        resolve_train_config({"init": "124M", "out": str(run)}, resume=True)
 
 
 @pytest.mark.parametrize("args,message", [

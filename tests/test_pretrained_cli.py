@@ -81,7 +81,7 @@ def test_compare_prints_the_three_continuations(hf_dir, checkpoint, tiny_cfg, ca
 
     # The random row is a model of the pretrained model's config, initialised after manual_seed(seed).
     rows = compare_continuations("Every effort moves you", checkpoint=checkpoint, pretrained=hf_dir,
-                                            max_new_tokens=6, seed=3)
+                                 max_new_tokens=6, seed=3)
     assert [" ".join(text.split()) for _, text in rows] == list(printed.values())
     torch.manual_seed(3)
     random_model = GPTModel(tiny_cfg.replace(qkv_bias=True, tie_embeddings=True, drop_rate=0.1))
@@ -157,7 +157,7 @@ def test_compare_samples_with_top_p_and_rejects_a_bad_one(hf_dir, capsys):
     out = capsys.readouterr().out
     assert "top-p 0.3" in out
     nucleus, unfiltered = (dict(compare_continuations("Every effort moves you", pretrained=hf_dir,
-                                                                 max_new_tokens=6, temperature=3, top_p=top_p))
+                                                      max_new_tokens=6, temperature=3, top_p=top_p))
                            for top_p in (0.3, None))
     label = f"pretrained {hf_dir}"
     assert printed_rows(out)[label] == " ".join(nucleus[label].split())

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
 
 import torch
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import (
     END_OF_TEXT_ID,
     get_tokenizer,
     text_to_token_ids,
     token_ids_to_text,
 )
-from gptrain.inference.generate import generate
+from gptrain.inference.generate import check_sampling_args, generate
+from gptrain.interop.hub import download_gpt2, gpt2_size
 from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel
 
@@ -58,3 +62,32 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
     return rows
 
 
+def side_by_side(prompt: str, *, checkpoint: str | None = None, pretrained: str | None = "124M",
+                 max_new_tokens: int = 30, temperature: float = 1.0, top_k: int | None = 40,
+                 top_p: float | None = None, seed: int = 123, device: str = "auto", n_heads: int | None = None,
+                 width: int = 80) -> str:
+    """``gptrain compare``'s page: the settings, then :func:`compare_continuations`' rows as a table of
+    ``width`` columns. A GPT-2 size for ``pretrained`` is downloaded first unless it is cached."""
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    if pretrained is not None and gpt2_size(pretrained) and not os.path.exists(pretrained):
+        # --pretrained 124M is the default: one without network or cache must learn how to skip it.
+        try:
+            download_gpt2(pretrained)
+        except GptrainError as exc:
+            raise GptrainError(f"{exc}; or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER "
+                               "for a local copy)") from None
+    rows = compare_continuations(prompt, checkpoint=checkpoint, pretrained=pretrained, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                 device=resolve_device(device), n_heads=n_heads)
+    shown_top_p = "" if top_p is None else f", top-p {top_p}"
+    header = (f"Prompt: {prompt!r} (seed {seed}, temperature {temperature}, top-k {top_k}{shown_top_p}, "
+              f"up to {max_new_tokens} new tokens)")
+    lines = [header, ""]
+    label_width = max(len(label) for label, _ in rows)
+    text_width = max(30, width - label_width - 3)
+    for label, text in rows:
+        wrapped = textwrap.wrap(" ".join(text.split()), text_width, break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines.append(f"{label:<{label_width}} | {wrapped[0]}")
+        lines += [f"{'':<{label_width}} | {line}" for line in wrapped[1:]]
+    return "\n".join(lines)

@@ -323,8 +323,33 @@ def recipe_text(cfg: TrainConfig) -> str:
                                | {UNSET: [name for name, value in values.items() if value is None]})
 
 
+def resolve_train_config(flags: Mapping[str, Any], *, config_file: str | Path | None = None,
+                         resume: bool = False) -> TrainConfig:
+    """A run's settings: the defaults, then (with ``resume``) the run's saved config.json, then
+    ``config_file``, then ``flags``, the settings given on the command line (unset ones left out)."""
+    if resume and "init" in flags:
+        raise GptrainError("--init starts a new run and --resume continues one: drop --init to resume (the run "
+                           "remembers its SOURCE), or drop --resume and choose a new --out")
+    settings: dict[str, Any] = {}
+    if resume:
+        # A resumed run keeps its saved settings; --config and flags change only what they name.
+        saved = Path(flags.get("out", TrainConfig.out)) / "config.json"
+        if not saved.is_file():
+            raise GptrainError(f"{saved.parent} holds no run to resume (no config.json): check --out")
+        settings = read_config_file(saved)
+    if config_file:
+        settings.update(read_config_file(config_file))
+    settings.update(flags)
+    if settings.get("init") and not resume:
+        # The architecture and window are SOURCE's unless the user names them.
+        settings.setdefault("preset", None)
+        settings.setdefault("context_length", None)
+    return TrainConfig.from_dict(settings, source=str(config_file) if config_file else "settings")
+
+
 __all__ = [
     "TrainConfig",
     "read_config_file",
     "recipe_text",
+    "resolve_train_config",
 ]

@@ -1,0 +1,48 @@
+"""``gptrain generate``: continue a prompt with a checkpoint, printing the text as it comes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptrain.cli.common import DefaultsHelpFormatter, add_device_flag, add_sampling_flags
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="continue a prompt with a trained checkpoint",
+        description="Continue a prompt with a checkpoint, printing the text as it is produced and the speed "
+                    "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
+                    "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
+                    "nucleus.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
+    p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
+    add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
+    p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
+    add_device_flag(p)
+    p.add_argument("--no-stream", action="store_true",
+                   help="print the text once it is complete instead of token by token")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptrain.inference.continuation import continue_prompt
+
+    continuation = continue_prompt(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                   device=args.device)
+    if continuation.warning:
+        print(f"gptrain: warning: {continuation.warning}", file=sys.stderr, flush=True)
+    if args.no_stream:
+        print(args.prompt + "".join(continuation))
+    else:
+        print(args.prompt, end="", flush=True)
+        for piece in continuation:
+            print(piece, end="", flush=True)
+        print()
+    elapsed = continuation.seconds
+    print(f"{continuation.tokens} tokens in {elapsed:.2f} s: {continuation.tokens / max(elapsed, 1e-9):.1f} tokens/s",
+          file=sys.stderr)
+    return 0

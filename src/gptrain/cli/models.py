@@ -1,0 +1,128 @@
+"""GPT-2's weights and a model's files: ``gptrain download-gpt2``, ``export``, ``info`` (and ``info
+--verify``), and ``compare``, which sets a random, a trained and a pretrained model side by side."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+from gptrain.cli.common import (
+    SOURCE_HELP,
+    DefaultsHelpFormatter,
+    add_device_flag,
+    add_n_heads_flag,
+    add_sampling_flags,
+)
+from gptrain.core.errors import GptrainError
+
+
+def add_download_gpt2_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "download-gpt2", help="download OpenAI's pretrained GPT-2 weights into the cache",
+        description="Download config.json and model.safetensors of OpenAI's GPT-2 from the Hugging Face hub "
+                    "(or $GPTRAIN_HF_ENDPOINT) into the cache, resuming a partial download and checking size "
+                    "and sha256.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("--size", default="124M", help="124M, 355M, 774M or 1558M (or gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+    p.set_defaults(handler=run_download_gpt2)
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a model as a Hugging Face GPT-2 folder",
+        description="Write config.json, model.safetensors and the GPT-2 tokenizer files, which "
+                    "transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read.",
+    )
+    p.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_n_heads_flag(p)
+    p.set_defaults(handler=run_export)
+
+
+def add_info_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info", help="summarise a checkpoint or GPT-2 weights",
+        description="Load a model and print its embeddings, blocks, parameter counts and config.",
+    )
+    p.add_argument("path", metavar="PATH", help=SOURCE_HELP)
+    add_n_heads_flag(p)
+    p.add_argument("--verify", action="store_true",
+                   help="check the size and sha256 of every file of the checkpoint, or of every checkpoint of a "
+                        "run directory, against the manifest written with it")
+    p.set_defaults(handler=run_info)
+
+
+def add_compare_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="continue a prompt with a random, a trained and a pretrained model",
+        description="The lecture's before/after activity: the continuations of a randomly initialised model, "
+                    "a trained checkpoint and pretrained weights, with the same prompt, seed and sampling.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
+    p.add_argument("--pretrained", default="124M", help="pretrained weights, same forms as --checkpoint; 'none' to skip")
+    add_sampling_flags(p, max_new_tokens=30, temperature=1.0, top_k=40)
+    p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
+    add_device_flag(p)
+    add_n_heads_flag(p)
+    p.set_defaults(handler=run_compare)
+
+
+def add_parser(subparsers) -> None:
+    for add in (add_download_gpt2_parser, add_export_parser, add_info_parser, add_compare_parser):
+        add(subparsers)
+
+
+def run_download_gpt2(args: argparse.Namespace) -> int:
+    from gptrain.interop.pretrained import download_gpt2
+
+    print(download_gpt2(args.size))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from gptrain.interop.pretrained import export_hf
+
+    out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
+    print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    return 0
+
+
+def run_verify(path: str) -> int:
+    from gptrain.store.integrity import verify_path
+
+    results = verify_path(path)
+    for folder, problems in results:
+        print(f"{folder}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for problem in problems:
+            print(f"  {problem}")
+    damaged = [str(folder) for folder, problems in results if problems]
+    if damaged:
+        raise GptrainError(f"{len(damaged)} of {len(results)} checkpoint(s) failed verification ({', '.join(damaged)}): "
+                           "resume or load from one that passed")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from gptrain.interop.pretrained import inspect_loaded_model, load_gpt2
+
+    if args.verify:
+        return run_verify(args.path)
+    model = load_gpt2(args.path, n_heads=args.n_heads)
+    print(f"Source: {args.path}")
+    inspect_loaded_model(model)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from gptrain.lecture.compare import side_by_side
+
+    print(side_by_side(args.prompt, checkpoint=args.checkpoint,
+                       pretrained=None if args.pretrained.lower() == "none" else args.pretrained,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, device=args.device, n_heads=args.n_heads,
+                       width=shutil.get_terminal_size().columns))
+    return 0

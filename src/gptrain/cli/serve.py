@@ -1,0 +1,52 @@
+"""``gptrain serve``: a model over the OpenAI completions API, with a playground page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from gptrain.cli.common import add_device_flag, add_model_source_flags
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over the OpenAI completions API, with a playground page",
+        description="Serve a model over HTTP: the OpenAI completions API (GET /v1/models, POST /v1/completions, "
+                    "streamed or not), GET /health, and a playground page at /. Concurrent requests share forward "
+                    "passes (continuous batching). Ctrl-C or SIGTERM stops it; running requests get "
+                    "--shutdown-timeout seconds to finish.",
+    )
+    add_model_source_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 is every interface [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one [8000]")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on the API [$GPTRAIN_API_KEY, else none]")
+    p.add_argument("--model-name", default=None, help="the model id clients name [the checkpoint's folder name]")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
+    # --max-tokens, the old name, is train's token budget there: kept here as an alias.
+    p.add_argument("--max-request-tokens", "--max-tokens", dest="max_request_tokens", type=int, default=None,
+                   help="cap on a request's max_tokens (alias: --max-tokens) [the model's context]")
+    p.add_argument("--max-n", type=int, default=8, help="cap on a request's n [8]")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body in bytes; 413 beyond [1 MiB]")
+    p.add_argument("--shutdown-timeout", type=float, default=5.0,
+                   help="seconds running requests get to finish after Ctrl-C or SIGTERM [5]")
+    add_device_flag(p, name_default=True)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptrain.core.runtime import resolve_device
+    from gptrain.evaluation.heldout import load_eval_model
+    from gptrain.inference.serve import ServeConfig, serve
+
+    source = args.checkpoint or args.pretrained
+    name = args.model_name or (Path(source).resolve().name if args.checkpoint else f"gpt2-{Path(source).name}")
+    cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRAIN_API_KEY"),
+                      model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
+                      max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+                      shutdown_timeout=args.shutdown_timeout)
+    device = resolve_device(args.device)
+    serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)
+    return 0
