@@ -41,17 +41,20 @@ def print_help(parser: argparse.ArgumentParser) -> int:
 
 
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
-SOURCE_HELP = ("a gptrain checkpoint or run directory, a Hugging Face GPT-2 folder or file, a state dict in the "
-               "book's naming (.pth), or a GPT-2 size (124M, 355M, 774M, 1558M)")
+SOURCE_HELP = ("a GPT-2 size (124M ... 1558M, gpt2 ... gpt2-xl), a Hugging Face GPT-2 folder, a state dict file "
+               "(.pth, .pt, .bin, .safetensors), or a gptrain run directory (its final/; RUN/best for the best) "
+               "or checkpoint")
 RECORDS_TEXT_FIELD_HELP = "the field or column of records that holds the text"
 
 
-def add_model_source_flags(p: argparse.ArgumentParser) -> None:
-    """--checkpoint or --pretrained, exactly one."""
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint directory, or a run directory (uses its final/)")
-    source.add_argument("--pretrained", metavar="SOURCE",
-                        help="GPT-2 weights: a size (124M, 355M, ...) or a Hugging Face folder or file")
+def add_model_flags(p: argparse.ArgumentParser, *, required: bool = True, help: str = "the model",
+                    aliases: tuple[str, ...] = ("--checkpoint", "--pretrained"), n_heads: bool = True) -> None:
+    """--model SOURCE (also spelled ``aliases``, its names before) and, with ``n_heads``, --n-heads."""
+    named = " and ".join(aliases) + (" are aliases" if len(aliases) > 1 else " is an alias")
+    p.add_argument("--model", *aliases, dest="model", metavar="SOURCE", required=required,
+                   help=f"{help}: {SOURCE_HELP} ({named})")
+    if n_heads:
+        add_n_heads_flag(p)
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float,
@@ -79,4 +82,5 @@ def add_text_field_flag(p: argparse.ArgumentParser, help: str = RECORDS_TEXT_FIE
 
 
 def add_n_heads_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-heads", type=int, default=None, help="attention heads, for weights files that do not say")
+    p.add_argument("--n-heads", type=int, default=None,
+                   help="attention heads of a state dict file, which does not record them (GPT-2's widths imply them)")

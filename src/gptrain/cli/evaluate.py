@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gptrain.cli.common import add_device_flag, add_model_source_flags, add_precision_flag, add_text_field_flag
+from gptrain.cli.common import add_device_flag, add_model_flags, add_precision_flag, add_text_field_flag
 from gptrain.core.errors import GptrainError
 
 
@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
                     "of left context. --stride equal to the context gives disjoint windows; a smaller one gives "
                     "more context and a lower loss for more compute.",
     )
-    add_model_source_flags(p)
+    add_model_flags(p, help="the model to score")
     p.add_argument("--data", required=True,
                    help="text or .jsonl file, folder of them, a named dataset, or a folder made by gptrain prepare")
     add_text_field_flag(p, "the field of each .jsonl record that holds the text")
@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         raise GptrainError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.task is not None or args.limit is not None:
         return run_task(args)
-    label, result = score_text(args.data, checkpoint=args.checkpoint, pretrained=args.pretrained, split=args.split,
+    label, result = score_text(args.data, model=args.model, n_heads=args.n_heads, split=args.split,
                                train_ratio=args.train_ratio, text_field=args.text_field,
                                context_length=args.context_length, stride=args.stride, batch_size=args.batch_size,
                                device=args.device, precision=args.precision)
     if args.json:
-        print(json.dumps({"model": args.checkpoint or args.pretrained, "data": label, **result.to_dict()}))
+        print(json.dumps({"model": args.model, "data": label, **result.to_dict()}))
         return 0
     print(f"{label}: {result.tokens:,} tokens, {result.bytes:,} bytes; {result.windows:,} window(s) of "
           f"{result.context_length} tokens, stride {result.stride}")
@@ -71,10 +71,10 @@ def run_task(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             raise GptrainError(f"--{flag.replace('_', '-')} is for scoring a text and does not apply to --task: "
                                "leave it out")
-    result = score_task(args.task, args.data, checkpoint=args.checkpoint, pretrained=args.pretrained,
+    result = score_task(args.task, args.data, model=args.model, n_heads=args.n_heads,
                         limit=args.limit, batch_size=args.batch_size, device=args.device, precision=args.precision)
     if args.json:
-        print(json.dumps({"model": args.checkpoint or args.pretrained, **result.to_dict()}))
+        print(json.dumps({"model": args.model, **result.to_dict()}))
     else:
         print(format_result(result))
     return 0

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptrain.cli.common import DefaultsHelpFormatter, add_device_flag, add_sampling_flags
+from gptrain.cli.common import DefaultsHelpFormatter, add_device_flag, add_model_flags, add_sampling_flags
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "generate", help="continue a prompt with a trained checkpoint",
-        description="Continue a prompt with a checkpoint, printing the text as it is produced and the speed "
+        "generate", help="continue a prompt with a model",
+        description="Continue a prompt with a model, printing the text as it is produced and the speed "
                     "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
                     "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
                     "nucleus.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (uses its final/)")
+    add_model_flags(p, help="the model to continue the prompt with")
     p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
     add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
@@ -30,9 +30,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from gptrain.inference.continuation import continue_prompt
 
-    continuation = continue_prompt(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+    continuation = continue_prompt(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                   device=args.device)
+                                   device=args.device, n_heads=args.n_heads)
     if continuation.warning:
         print(f"gptrain: warning: {continuation.warning}", file=sys.stderr, flush=True)
     if args.no_stream:

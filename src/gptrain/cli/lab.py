@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gptrain.cli.common import DefaultsHelpFormatter, Parser, add_device_flag, add_model_source_flags, print_help
+from gptrain.cli.common import DefaultsHelpFormatter, Parser, add_device_flag, add_model_flags, print_help
 from gptrain.core.errors import GptrainError
 
 
@@ -57,7 +57,7 @@ def add_parser(subparsers) -> None:
                         formatter_class=defaults,
                         description="Continue one prompt with a model under each TEMPERATURE/TOP_K cell of a grid "
                                     "(the lecture's four combinations by default), each cell with the same seed.")
-    add_model_source_flags(w)
+    add_model_flags(w, help="the model to sample from")
     w.add_argument("--prompt", default=lab.SWEEP_PROMPT, help="text to continue")
     w.add_argument("--grid", nargs="+", default=[f"{t:g}/{k}" for t, k in lab.SWEEP_GRID],
                    metavar="T/K", help="TEMPERATURE/TOP_K cells (TOP_K may be none)")
@@ -112,6 +112,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 0:
         raise GptrainError(f"--max-new-tokens must not be negative, not {args.max_new_tokens}")
-    print(sweep_source(args.prompt, args.grid, checkpoint=args.checkpoint, pretrained=args.pretrained,
+    print(sweep_source(args.prompt, args.grid, model=args.model, n_heads=args.n_heads,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device))
     return 0

@@ -10,7 +10,7 @@ from gptrain.cli.common import (
     SOURCE_HELP,
     DefaultsHelpFormatter,
     add_device_flag,
-    add_n_heads_flag,
+    add_model_flags,
     add_sampling_flags,
 )
 from gptrain.core.errors import GptrainError
@@ -34,10 +34,9 @@ def add_export_parser(subparsers) -> None:
         description="Write config.json, model.safetensors and the GPT-2 tokenizer files, which "
                     "transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read.",
     )
-    p.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    add_model_flags(p, help="the model to export")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    add_n_heads_flag(p)
     p.set_defaults(handler=run_export)
 
 
@@ -46,8 +45,8 @@ def add_info_parser(subparsers) -> None:
         "info", help="summarise a checkpoint or GPT-2 weights",
         description="Load a model and print its embeddings, blocks, parameter counts and config.",
     )
-    p.add_argument("path", metavar="PATH", help=SOURCE_HELP)
-    add_n_heads_flag(p)
+    p.add_argument("path", metavar="SOURCE", nargs="?", default=None, help="the same as --model SOURCE")
+    add_model_flags(p, required=False, help="the model to summarise")
     p.add_argument("--verify", action="store_true",
                    help="check the size and sha256 of every file of the checkpoint, or of every checkpoint of a "
                         "run directory, against the manifest written with it")
@@ -62,12 +61,13 @@ def add_compare_parser(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--checkpoint", default=None, help="a trained model: " + SOURCE_HELP)
-    p.add_argument("--pretrained", default="124M", help="pretrained weights, same forms as --checkpoint; 'none' to skip")
+    # --pretrained named the second model before --baseline did: it stays its alias.
+    add_model_flags(p, required=False, help="a trained model", aliases=("--checkpoint",))
+    p.add_argument("--baseline", "--pretrained", dest="baseline", default="124M", metavar="SOURCE",
+                   help=f"the second model: {SOURCE_HELP}; 'none' to skip (--pretrained is an alias)")
     add_sampling_flags(p, max_new_tokens=30, temperature=1.0, top_k=40)
     p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
     add_device_flag(p)
-    add_n_heads_flag(p)
     p.set_defaults(handler=run_compare)
 
 
@@ -86,7 +86,7 @@ def run_download_gpt2(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from gptrain.interop.pretrained import export_hf
 
-    out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
+    out = export_hf(args.model, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
     return 0
 
@@ -107,21 +107,25 @@ def run_verify(path: str) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from gptrain.interop.pretrained import inspect_loaded_model, load_gpt2
+    from gptrain.interop.pretrained import inspect_loaded_model
+    from gptrain.interop.sources import resolve_model
 
+    if (args.path is None) == (args.model is None):
+        raise GptrainError("give the model once: gptrain info SOURCE, or gptrain info --model SOURCE")
+    source = args.model or args.path
     if args.verify:
-        return run_verify(args.path)
-    model = load_gpt2(args.path, n_heads=args.n_heads)
-    print(f"Source: {args.path}")
-    inspect_loaded_model(model)
+        return run_verify(source)
+    resolved = resolve_model(source, n_heads=args.n_heads)
+    print(f"Source: {resolved.origin}")
+    inspect_loaded_model(resolved.model)
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from gptrain.lecture.compare import side_by_side
 
-    print(side_by_side(args.prompt, checkpoint=args.checkpoint,
-                       pretrained=None if args.pretrained.lower() == "none" else args.pretrained,
+    print(side_by_side(args.prompt, checkpoint=args.model,
+                       pretrained=None if args.baseline.lower() == "none" else args.baseline,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, device=args.device, n_heads=args.n_heads,
                        width=shutil.get_terminal_size().columns))

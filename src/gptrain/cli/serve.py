@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gptrain.cli.common import add_device_flag, add_model_source_flags
+from gptrain.cli.common import add_device_flag, add_model_flags
 
 
 def add_parser(subparsers) -> None:
@@ -17,12 +17,13 @@ def add_parser(subparsers) -> None:
                     "passes (continuous batching). Ctrl-C or SIGTERM stops it; running requests get "
                     "--shutdown-timeout seconds to finish.",
     )
-    add_model_source_flags(p)
+    add_model_flags(p, help="the model to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 is every interface [127.0.0.1]")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one [8000]")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on the API [$GPTRAIN_API_KEY, else none]")
-    p.add_argument("--model-name", default=None, help="the model id clients name [the checkpoint's folder name]")
+    p.add_argument("--model-name", default=None,
+                   help="the model id clients name [the model's folder or file name; gpt2-SIZE for a GPT-2 size]")
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
     # --max-tokens, the old name, is train's token budget there: kept here as an alias.
@@ -37,16 +38,20 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptrain.core.runtime import resolve_device
-    from gptrain.evaluation.heldout import load_eval_model
-    from gptrain.inference.serve import ServeConfig, serve
+    import dataclasses
 
-    source = args.checkpoint or args.pretrained
-    name = args.model_name or (Path(source).resolve().name if args.checkpoint else f"gpt2-{Path(source).name}")
+    from gptrain.core.runtime import resolve_device
+    from gptrain.inference.serve import ServeConfig, serve
+    from gptrain.interop.sources import GPT2_SIZE, resolve_model
+
+    # The settings are checked before the model is loaded: a bad one costs no waiting.
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRAIN_API_KEY"),
-                      model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
+                      model_name=args.model_name or "gptrain", max_batch=args.max_batch, max_queue=args.max_queue,
                       max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
-    device = resolve_device(args.device)
-    serve(load_eval_model(args.checkpoint, args.pretrained, device), cfg)
+    source = resolve_model(args.model, device=resolve_device(args.device), n_heads=args.n_heads)
+    if args.model_name is None:
+        name = f"gpt2-{args.model}" if source.kind == GPT2_SIZE else Path(args.model).expanduser().resolve().name
+        cfg = dataclasses.replace(cfg, model_name=name)
+    serve(source.model, cfg)
     return 0

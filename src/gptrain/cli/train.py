@@ -30,8 +30,12 @@ def add_parser(subparsers) -> None:
     add_text_field_flag(p, "the field of each .jsonl record that holds the text [text]", default=s)
     p.add_argument("--out", default=s, help="run directory for checkpoints, metrics.jsonl and loss.png "
                                              "[runs/verdict]")
-    p.add_argument("--preset", default=s, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")
+    p.add_argument("--preset", default=s, help="the model's shape to start from: tiny, 124M, 355M, 774M, 1558M; "
+                                                "the shape flags below change it [124M]")
     p.add_argument("--context-length", type=int, default=s, help="tokens per training window [256]")
+    for name, meaning in (("n-layers", "transformer blocks"), ("n-heads", "attention heads (dividing --emb-dim)"),
+                          ("emb-dim", "width"), ("vocab-size", "token embeddings, at least the tokenizer's 50257")):
+        p.add_argument(f"--{name}", type=int, default=s, help=f"the model's {meaning} [the preset's]")
     p.add_argument("--dropout", type=float, default=s, help="override the preset's drop rate [0.1]")
     p.add_argument("--batch-size", type=int, default=s, help="sequences per micro-batch, per process [2]")
     p.add_argument("--grad-accum", type=int, default=s, help="micro-batches per optimizer step [1]")
@@ -87,8 +91,8 @@ def add_parser(subparsers) -> None:
     add_device_flag(p, default=s, name_default=True)
     p.add_argument("--init", metavar="SOURCE", default=s,
                    help="start a new run from these weights (transfer learning): a GPT-2 size (124M, gpt2-medium, "
-                        "...), a Hugging Face folder or file, a book state dict, or a gptrain checkpoint or run "
-                        "directory; the architecture is SOURCE's, --context-length may shorten its window")
+                        "...), a Hugging Face folder, a state dict file, or a gptrain run directory or checkpoint, "
+                        "as --model takes them; the architecture is SOURCE's, --context-length may shorten its window")
     p.add_argument("--init-sha256", default=s, help="refuse --init weights whose file has another sha256")
     p.add_argument("--lora-rank", type=int, default=s,
                    help="train LoRA adapters of this rank on --init's frozen weights instead of all weights")

@@ -32,7 +32,6 @@ from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.data.corpus import is_shard_dir, load_corpus
 from gptrain.data.splits import gpt2_tokens, split_tokens
 from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
-from gptrain.interop.sources import resolve_model
 
 
 @dataclass(frozen=True)
@@ -215,11 +214,3 @@ def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: 
         tokens = split_tokens(source, train_ratio, text_field, names=(split,))[split]
         label = f"{source} ({split} split at {train_ratio:g})"
     return tokens, count_bytes(tokens), label
-
-
-def load_eval_model(checkpoint: str | Path | None = None, pretrained: str | None = None,
-                    device: torch.device | str = "cpu") -> nn.Module:
-    """The model ``--checkpoint`` or ``--pretrained`` names (see :func:`gptrain.interop.sources.resolve_model`)."""
-    if (checkpoint is None) == (pretrained is None):
-        raise GptrainError("give either --checkpoint PATH or --pretrained SOURCE")
-    return resolve_model(checkpoint if checkpoint is not None else pretrained, device=device).model

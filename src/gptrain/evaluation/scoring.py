@@ -1,4 +1,4 @@
-"""What ``gptrain eval`` runs: a model, named by its checkpoint or its GPT-2 weights, scored on a text
+"""What ``gptrain eval`` runs: a model, named by any model reference, scored on a text
 or on a benchmark's file. The data is read and checked first: a bad or empty file costs no waiting
 for the model to load."""
 
@@ -12,35 +12,36 @@ from gptrain.evaluation.heldout import (
     check_eval_tokens,
     check_window_args,
     evaluate_tokens,
-    load_eval_model,
     load_eval_tokens,
 )
 from gptrain.evaluation.tasks import TaskResult, check_task_name, evaluate_task, read_task_file
+from gptrain.interop.sources import resolve_model
 
 
-def score_text(data: str | Path, *, checkpoint: str | None = None, pretrained: str | None = None,
-               split: str | None = None, train_ratio: float = 0.9, text_field: str = "text",
-               context_length: int | None = None, stride: int | None = None, batch_size: int = 8,
-               device: str = "auto", precision: str = "auto") -> tuple[str, Evaluation]:
-    """The description of ``data`` (see :func:`load_eval_tokens`) and the model's loss on it, in
-    sliding windows of ``context_length`` tokens every ``stride`` (both the model's context by default)."""
+def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = None, split: str | None = None,
+               train_ratio: float = 0.9, text_field: str = "text", context_length: int | None = None,
+               stride: int | None = None, batch_size: int = 8, device: str = "auto",
+               precision: str = "auto") -> tuple[str, Evaluation]:
+    """The description of ``data`` (see :func:`load_eval_tokens`) and the loss on it of the model that
+    ``model`` names (see :func:`gptrain.interop.sources.resolve_model`), in sliding windows of
+    ``context_length`` tokens every ``stride`` (both the model's context by default)."""
     tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field)
     check_eval_tokens(len(tokens))
     resolved = resolve_device(device)
-    model = load_eval_model(checkpoint, pretrained, resolved)
-    context = model.cfg.context_length if context_length is None else context_length
-    check_window_args(context, context if stride is None else stride, model.cfg.context_length)
-    result = evaluate_tokens(model, tokens, context_length=context_length, stride=stride, batch_size=batch_size,
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
+    context = loaded.cfg.context_length if context_length is None else context_length
+    check_window_args(context, context if stride is None else stride, loaded.cfg.context_length)
+    result = evaluate_tokens(loaded, tokens, context_length=context_length, stride=stride, batch_size=batch_size,
                              precision=resolve_precision(precision, resolved), num_bytes=num_bytes)
     return label, result
 
 
-def score_task(task: str, data: str | Path, *, checkpoint: str | None = None, pretrained: str | None = None,
+def score_task(task: str, data: str | Path, *, model: str | Path, n_heads: int | None = None,
                limit: int | None = None, batch_size: int = 8, device: str = "auto",
                precision: str = "auto") -> TaskResult:
-    """The model's score on the first ``limit`` examples of ``task``'s jsonl file ``data``."""
+    """The score of the model that ``model`` names on the first ``limit`` examples of ``task``'s jsonl file ``data``."""
     examples = read_task_file(check_task_name(task), data, limit)
     resolved = resolve_device(device)
-    model = load_eval_model(checkpoint, pretrained, resolved)
-    return evaluate_task(model, task, examples, batch_size=batch_size,
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
+    return evaluate_task(loaded, task, examples, batch_size=batch_size,
                          precision=resolve_precision(precision, resolved), source=str(data))

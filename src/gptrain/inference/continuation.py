@@ -1,4 +1,4 @@
-"""A prompt continued by a checkpoint, as ``gptrain generate`` prints it: text pieces as they are
+"""A prompt continued by a model, as ``gptrain generate`` prints it: text pieces as they are
 produced, with the number of new tokens and the time they took."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
-from gptrain.store.checkpoint import load_checkpoint
+from gptrain.interop.sources import resolve_model
 
 
 class Continuation:
@@ -39,20 +39,21 @@ class Continuation:
         return time.perf_counter() - self._started
 
 
-def continue_prompt(checkpoint: str, prompt: str, *, max_new_tokens: int = 50, temperature: float = 0.0,
+def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int = 123,
-                    device: str = "auto") -> Continuation:
-    """Load ``checkpoint`` (a checkpoint or run directory) and start continuing ``prompt``: the
+                    device: str = "auto", n_heads: int | None = None) -> Continuation:
+    """Load the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`) and start
+    continuing ``prompt``: the
     sampling settings are checked before the model is loaded, the tokens come as the result is iterated."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    model = load_checkpoint(checkpoint, device=resolved)
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer).to(resolved)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
-    warning = window_warning(idx.shape[1], max_new_tokens, model.cfg.context_length)
+    warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
     generator = torch.Generator(device=resolved).manual_seed(seed)
-    token_ids = stream_tokens(model, idx, max_new_tokens, model.cfg.context_length, temperature=temperature,
+    token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
                               top_k=top_k, top_p=top_p, generator=generator)
     return Continuation(tokenizer, token_ids, warning)

@@ -34,7 +34,7 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
     the pretrained model (else of the checkpoint) and is initialised after ``torch.manual_seed(seed)``.
     """
     if checkpoint is None and pretrained is None:
-        raise GptrainError("nothing to compare with: give --checkpoint, --pretrained or both")
+        raise GptrainError("nothing to compare with: give --model, --baseline or both")
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer)
     if idx.shape[1] == 0:
@@ -74,7 +74,7 @@ def side_by_side(prompt: str, *, checkpoint: str | None = None, pretrained: str 
         try:
             download_gpt2(pretrained)
         except GptrainError as exc:
-            raise GptrainError(f"{exc}; or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER "
+            raise GptrainError(f"{exc}; or pass --baseline none to compare without GPT-2 (or --baseline FOLDER "
                                "for a local copy)") from None
     rows = compare_continuations(prompt, checkpoint=checkpoint, pretrained=pretrained, max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,

@@ -18,9 +18,8 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import encode_text, get_tokenizer
 from gptrain.inference.generate import check_sampling_args, generate
-from gptrain.interop.pretrained import load_gpt2
+from gptrain.interop.sources import resolve_model
 from gptrain.model.gpt import unwrap_model
-from gptrain.store.checkpoint import load_checkpoint
 
 LECTURE_LOGITS = (2.1, 1.3, 0.8)
 LECTURE_TEMPERATURES = (0.5, 1.0, 2.0)
@@ -204,14 +203,10 @@ def sweep_table(cells: Sequence[tuple[float, int | None, str]], prompt: str) -> 
     return f"prompt: {prompt}\n" + _table(["temperature", "top_k", "continuation"], rows, text_columns=(2,))
 
 
-def sweep_source(prompt: str, cells: Sequence[str], *, checkpoint: str | None = None, pretrained: str | None = None,
+def sweep_source(prompt: str, cells: Sequence[str], *, model: str, n_heads: int | None = None,
                  max_new_tokens: int = 30, seed: int = 123, device: str = "auto") -> str:
     """``gptrain lab sweep``'s table: :func:`sweep` over the TEMPERATURE/TOP_K ``cells`` (see
-    :func:`parse_grid`) with a gptrain checkpoint, or else GPT-2 weights (``pretrained``)."""
+    :func:`parse_grid`) with the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`)."""
     grid = parse_grid(cells)
-    resolved = resolve_device(device)
-    if pretrained is not None:
-        model = load_gpt2(pretrained, device=resolved)
-    else:
-        model = load_checkpoint(checkpoint, device=resolved)
-    return sweep_table(sweep(model, get_tokenizer(), prompt, grid, max_new_tokens, seed), prompt)
+    loaded = resolve_model(model, device=resolve_device(device), n_heads=n_heads).model
+    return sweep_table(sweep(loaded, get_tokenizer(), prompt, grid, max_new_tokens, seed), prompt)

@@ -14,8 +14,9 @@ from gptrain.interop.hf_config import config_from_hf
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.counts import parameter_counts
 from gptrain.planning.plan import CHINCHILLA_TOKENS_PER_PARAM, Estimate, Plan, check_fits, estimate
-from gptrain.store.checkpoint import read_checkpoint_config
-from gptrain.training.config import TrainConfig
+from gptrain.interop.sources import resolve_shape
+from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig, read_config_file
+from gptrain.training.transfer import init_config
 from gptrain.training.run import grad_accum_for
 from gptrain.training.step import load_windows
 
@@ -66,19 +67,37 @@ def format_estimate(result: Estimate) -> str:
     return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)
 
 
-def model_config_from(source: str) -> GPTConfig:
-    """The shape of a gptrain checkpoint or run directory, or of a Hugging Face GPT-2 folder or config.json."""
-    path = Path(source)
+def model_config_from(source: str, n_heads: int | None = None) -> GPTConfig:
+    """The shape of any model reference (see :func:`gptrain.interop.sources.resolve_shape`); a Hugging Face
+    folder, or its config.json alone, needs no weights."""
+    path = Path(source).expanduser()
     config_file = path / "config.json" if path.is_dir() else path
-    if not path.exists():
-        raise GptrainError(f"{source} does not exist: give a checkpoint, a run directory or a Hugging Face folder")
     try:
-        values = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        values = json.loads(config_file.read_text(encoding="utf-8")) if config_file.name == "config.json" else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         values = {}
     if isinstance(values, dict) and "model_type" in values:
         return config_from_hf(values, config_file)
-    return GPTConfig.from_dict(read_checkpoint_config(path)["model"])
+    return resolve_shape(source, n_heads=n_heads)
+
+
+def recipe_model(recipe: TrainConfig) -> GPTConfig:
+    """The shape of the model a gptrain train config trains: its own, or its --init SOURCE's."""
+    return recipe.model_config() if recipe.init is None else init_config(recipe, model_config_from(recipe.init))
+
+
+def recipe_budget(recipe: TrainConfig, cfg: GPTConfig, tokens_per_step: int) -> tuple[int, str]:
+    """The tokens a gptrain train config trains on, as gptrain train counts them: the first of its budgets
+    to run out, in whole steps."""
+    limits = []
+    if recipe.max_tokens is not None:
+        limits.append((math.ceil(recipe.max_tokens / tokens_per_step) * tokens_per_step, "its max_tokens"))
+    if recipe.max_steps is not None:
+        limits.append((recipe.max_steps * tokens_per_step, f"its {recipe.max_steps:,} steps"))
+    if recipe.epochs is not None or not limits:
+        epochs = recipe.epochs or DEFAULT_EPOCHS
+        limits.append((tokens_of_epochs(cfg, recipe.data, epochs, tokens_per_step), f"{epochs} epoch(s) of {recipe.data}"))
+    return min(limits)
 
 
 def tokens_of_epochs(cfg: GPTConfig, data: str, epochs: int, tokens_per_step: int) -> int:
@@ -97,7 +116,24 @@ def tokens_of_epochs(cfg: GPTConfig, data: str, epochs: int, tokens_per_step: in
 def estimate_from_args(args) -> Estimate:
     """``gptrain estimate``'s flags to a checked plan, estimated (and refused if it cannot fit)."""
 
-    cfg = model_config_from(args.checkpoint) if args.checkpoint else get_preset(args.preset)
+    recipe = TrainConfig.from_dict(read_config_file(args.config), source=args.config) if args.config else None
+    if recipe is not None:
+        cfg = recipe_model(recipe)
+        # The recipe's settings, where no flag names them.
+        for name in ("batch_size", "precision", "price_per_hour", "eval_iter"):
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(recipe, name))
+        if args.grad_accum is None and args.global_batch_tokens is None:
+            if recipe.global_batch_tokens is None:
+                args.grad_accum = recipe.grad_accum
+            args.global_batch_tokens = recipe.global_batch_tokens
+        args.eval_freq = args.eval_freq if args.eval_freq is not None else (recipe.eval_freq or None)
+        args.distribution = args.distribution or ("fsdp" if recipe.fsdp else None)
+    else:
+        cfg = model_config_from(args.model, args.n_heads) if args.model else get_preset(args.preset or "124M")
+    for name, default in (("batch_size", 8), ("eval_iter", 5), ("precision", "auto")):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     overrides = {"emb_dim": args.emb_dim, "n_layers": args.n_layers, "n_heads": args.n_heads,
                  "vocab_size": args.vocab_size, "context_length": args.context_length, "drop_rate": args.dropout,
                  "tie_embeddings": args.tie_embeddings, "qkv_bias": args.qkv_bias}
@@ -126,8 +162,11 @@ def estimate_from_args(args) -> Estimate:
         if not (math.isfinite(args.tokens) and args.tokens >= 1):
             raise GptrainError(f"--tokens must be at least 1, not {args.tokens:g}: give the run's training tokens")
         tokens, budget = int(args.tokens), "--tokens"
+    elif recipe is not None:
+        tokens, budget = recipe_budget(recipe, cfg, tokens_per_step)
+        budget += f" (from {args.config})"
     else:
-        raise GptrainError("give a budget: --tokens N, --epochs N with --data, or --chinchilla")
+        raise GptrainError("give a budget: --tokens N, --epochs N with --data, or --chinchilla (or a --config)")
     if args.measure and args.mfu is not None:
         raise GptrainError("give --mfu or --measure, not both")
     plan = Plan(model=cfg, tokens=tokens, batch_size=args.batch_size, grad_accum=grad_accum, gpu=args.gpu,
