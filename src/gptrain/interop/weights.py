@@ -35,6 +35,7 @@ from gptrain.store.checkpoint import load_state_into, weights_state_dict
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 # Causal-mask buffers that older checkpoints store beside the weights; the model needs none.
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask")
+QKV_BIAS = re.compile(r"h\.\d+\.attn\.c_attn\.bias")
 HF, BOOK, GPTRAIN = "Hugging Face", "book", "gptrain"
 BOOK_NORM_NAMES = {"weight": "scale", "bias": "shift"}
 
@@ -207,6 +208,13 @@ def _rules_for(model: GPTModel, weights: Weights) -> tuple[list[Rule], str]:
     return [Rule(rename(name), (name,)) for name in weights_state_dict(model)], "out_head.weight"
 
 
+def has_zero_qkv_bias(weights: Weights) -> bool:
+    """Whether a Hugging Face file's query/key/value biases are all zero, as gptrain exports a model
+    without them (GPT-2's format has no place for their absence): such a file is that model."""
+    names = [name for name in weights.file_names if QKV_BIAS.fullmatch(name)]
+    return bool(names) and not any(weights.tensor(name, to_copy=True).any() for name in names)
+
+
 def _first_few(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
@@ -227,8 +235,12 @@ def assign_weights(model: GPTModel, weights: Weights, device: torch.device | str
     wanted = {rule.source for rule in rules}
     tied_head = model.cfg.tie_embeddings and head in weights
     missing = [rule.source for rule in rules if rule.source not in weights]
+    # A model without qkv bias leaves a file's zero biases out (see has_zero_qkv_bias); other biases it cannot.
+    zero_bias = not model.cfg.qkv_bias and weights.naming == HF and has_zero_qkv_bias(weights)
+    ignored = QKV_BIAS if zero_bias else MASK_BUFFER
     unexpected = [weights.file_names[name] for name in weights.file_names
-                  if name not in wanted and not MASK_BUFFER.fullmatch(name) and not (tied_head and name == head)]
+                  if name not in wanted and not MASK_BUFFER.fullmatch(name) and not (tied_head and name == head)
+                  and not ignored.fullmatch(name)]
     if missing or unexpected:
         problems = ([f"missing {_first_few(missing)}"] if missing else []) + (
             [f"unexpected {_first_few(unexpected)}"] if unexpected else [])
@@ -236,7 +248,7 @@ def assign_weights(model: GPTModel, weights: Weights, device: torch.device | str
                            "check that the model's config matches the weights")
 
     for name in weights.file_names:
-        if MASK_BUFFER.fullmatch(name):
+        if MASK_BUFFER.fullmatch(name) or ignored.fullmatch(name):
             weights.release(name)
     state = {}
     last_use = {rule.source: i for i, rule in enumerate(rules)}
