@@ -12,6 +12,7 @@ import torch
 
 from gptrain.cli import main
 from gptrain.interop.sources import resolve_model
+from gptrain.model.counts import parameter_counts
 
 PROMPT = "Every effort moves you"
 
@@ -112,3 +113,34 @@ def test_a_bad_reference_is_one_line_and_exit_2(three_forms, tmp_path, capsys, r
     assert main([*args, "--model", places.get(reference, reference)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_estimate_takes_the_run_recipe_and_any_model_reference(three_forms, capsys):
+    run = three_forms["run"][0]
+    capsys.readouterr()
+    assert main(["estimate", "--config", f"{run}/train.toml", "--json"]) == 0
+    recipe = json.loads(capsys.readouterr().out)
+    shape = resolve_model(run).config
+    assert recipe["parameters"]["total"] == parameter_counts(shape).total
+    assert (recipe["plan"]["batch_size"], recipe["plan"]["precision"], recipe["tokens"]) == (4, "fp32", 2 * 4 * 16)
+    assert main(["estimate", "--config", f"{run}/train.toml", "--batch-size", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 2 * 8 * 16  # a flag beside --config overrides it
+    for model in three_forms.values():
+        assert main(["estimate", "--model", *model, "--tokens", "1e6", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["parameters"]["total"] == parameter_counts(shape).total
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "tiny", "--n-heads", "3"], "--emb-dim 64 is not divisible by --n-heads 3"),
+    (["--emb-dim", "0"], "--emb-dim must be a positive integer, not 0"),
+    (["--vocab-size", "100"], "--vocab-size 100 is smaller than the GPT-2 tokenizer's 50,257 tokens"),
+    (["--init", "EMPTY"], "holds no weights"),
+])
+def test_a_bad_shape_or_init_is_one_line_before_any_data_is_read(tmp_path, capsys, flags, message):
+    (tmp_path / "empty").mkdir()
+    flags = [str(tmp_path / "empty") if flag == "EMPTY" else flag for flag in flags]
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "no-such-corpus.txt"), "--out", str(tmp_path / "run"), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
