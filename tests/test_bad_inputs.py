@@ -117,7 +117,7 @@ CASES = [
     (["eval", "--checkpoint", "{root}/run", "--data", "{root}/short.txt", "--batch-size", "0"],
      "--batch-size must be at least 1"),
     (["eval", "--checkpoint", "{root}/damaged", "--data", "{root}/short.txt"], "is truncated"),
-    (["eval", "--data", "{root}/short.txt"], "one of the arguments --checkpoint --pretrained is required"),
+    (["eval", "--data", "{root}/short.txt"], "the following arguments are required: --model/--checkpoint/--pretrained"),
     # report
     (["report", "{root}/missing"], "is not a directory"),
     (["report", "{root}/no-text"], "holds no metrics.jsonl"),

@@ -306,5 +306,5 @@ def test_a_checkpoint_or_folder_from_another_tokenizer_is_refused(tmp_path, chec
 
 
 def test_eval_needs_a_model(verdict_path, capsys):
-    assert "one of the arguments --checkpoint --pretrained is required" in one_line_error(
+    assert "the following arguments are required: --model/--checkpoint/--pretrained" in one_line_error(
         capsys, ["eval", "--data", str(verdict_path)])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gptrain import GPTModel, export_hf, get_tokenizer, load_checkpoint, load_gpt2, save_checkpoint
+from gptrain import GPTModel, count_parameters, export_hf, get_tokenizer, load_checkpoint, load_gpt2, save_checkpoint
 from gptrain.core.errors import GptrainError
 
 transformers = pytest.importorskip("transformers")
@@ -55,11 +55,14 @@ def test_export_then_import_is_exact(tmp_path, tiny_cfg, qkv_bias, tied):
         assert torch.equal(a, b), name
 
 
-def test_a_model_without_qkv_bias_comes_back_with_zero_biases(tmp_path, tiny_cfg):
+def test_a_model_without_qkv_bias_comes_back_without_them(tmp_path, tiny_cfg):
+    """The folder holds zero biases (GPT-2's format has no place for their absence); read back, they are
+    left out, so the model is the one exported, with its parameter count (issue 25)."""
     model = trained(GPTModel(tiny_cfg))
     export_hf(model, tmp_path / "hf")
     loaded = load_gpt2(tmp_path / "hf")
-    assert loaded.cfg.qkv_bias and not loaded.trf_blocks[1].att.W_value.bias.any()
+    assert loaded.cfg == model.cfg and loaded.trf_blocks[1].att.W_value.bias is None
+    assert count_parameters(loaded) == count_parameters(model)
     x = torch.randint(0, tiny_cfg.vocab_size, (1, tiny_cfg.context_length))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)

@@ -206,7 +206,7 @@ def test_sweep_with_pretrained_weights_from_a_local_hf_folder(tmp_path):
 
 def test_sweep_needs_a_model():
     result = run_cli("lab", "sweep")
-    assert result.returncode == 2 and "one of the arguments --checkpoint --pretrained is required" in result.stderr
+    assert result.returncode == 2 and "the following arguments are required: --model/--checkpoint/--pretrained" in result.stderr
 
 
 def test_lab_without_a_lab_prints_help():

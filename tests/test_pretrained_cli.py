@@ -168,11 +168,11 @@ def test_compare_samples_with_top_p_and_rejects_a_bad_one(hf_dir, capsys):
 
 
 def test_compare_offline_says_how_to_skip_its_default_pretrained_weights(checkpoint, capsys):
-    """The default --pretrained 124M is not cached and GPTRAIN_OFFLINE is set (conftest): say --pretrained none."""
+    """The default --baseline 124M is not cached and GPTRAIN_OFFLINE is set (conftest): say --baseline none."""
     assert main(["compare", "--prompt", "Hello", "--checkpoint", str(checkpoint), "--device", "cpu"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "GPTRAIN_OFFLINE is set" in lines[0], lines
-    assert lines[0].endswith("or pass --pretrained none to compare without GPT-2 (or --pretrained FOLDER for a "
+    assert lines[0].endswith("or pass --baseline none to compare without GPT-2 (or --baseline FOLDER for a "
                              "local copy)")
     assert main(["compare", "--prompt", "Hello", "--checkpoint", str(checkpoint), "--pretrained", "none",
                  "--max-new-tokens", "2", "--device", "cpu"]) == 0
