@@ -106,7 +106,7 @@ CASES = [
     (["generate", "--checkpoint", "{root}/run", "--top-p", "0"], "top_p must be in (0, 1]"),
     (["generate", "--checkpoint", "{root}/run", "--max-new-tokens", "-5"], "max_new_tokens must not be negative"),
     (["generate", "--checkpoint", "{root}/run", "--prompt", ""], "the prompt is empty"),
-    (["generate", "--checkpoint", "{root}/no-text"], "not a gptrain checkpoint"),
+    (["generate", "--checkpoint", "{root}/no-text"], "holds no weights"),
     (["generate", "--checkpoint", "{root}/damaged"], "is truncated"),
     (["generate", "--checkpoint", "{root}/run", "--device", f"cuda:{torch.cuda.device_count() + 7}"],
      "CUDA GPU(s): use cuda:0" if torch.cuda.is_available() else "no CUDA GPU is available"),

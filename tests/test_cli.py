@@ -71,7 +71,7 @@ def test_train_settings_come_from_the_saved_run_then_the_config_file_then_the_fl
     (["generate", "--checkpoint", ".", "--temperature", "-1"], "temperature must be >= 0"),
     (["generate", "--checkpoint", ".", "--top-k", "0"], "top_k must be at least 1"),
     (["generate", "--checkpoint", ".", "--max-new-tokens", "-5"], "max_new_tokens must not be negative"),
-    (["generate", "--checkpoint", "."], "not a gptrain checkpoint"),
+    (["generate", "--checkpoint", "."], "holds no weights"),
     (["train", "--config", "/no/such.toml"], "config file /no/such.toml does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
