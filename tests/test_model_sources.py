@@ -4,9 +4,10 @@ import json
 import tomllib
 
 import pytest
+import safetensors.torch
 import torch
 
-from gptrain import GPTConfig, GPTModel, TrainConfig, export_hf, save_checkpoint
+from gptrain import GPTConfig, GPTModel, TrainConfig, export_hf, load_weights_into_gpt, save_checkpoint
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.core.tomlfile import toml_table
@@ -133,3 +134,13 @@ def test_train_toml_repeats_the_run_and_flags_override_it(tmp_path, verdict_path
 def test_toml_values_read_back_as_written():
     values = {"s": 'quote " back \\ tab\t nl\n del\x7f é 😀', "f": 1e-05, "i": 3, "b": True, "l": ["x", "y"], "e": []}
     assert tomllib.loads(toml_table(values)) == values
+
+
+def test_only_zero_qkv_biases_are_left_out(tmp_path, tiny_cfg):
+    """A model without qkv bias reads back an export of itself, but never drops biases that do something."""
+    torch.manual_seed(2)
+    with_bias = export_hf(GPTModel(tiny_cfg.replace(qkv_bias=True)), tmp_path / "bias")
+    assert resolve_model(with_bias).config.qkv_bias
+    state = safetensors.torch.load_file(with_bias / "model.safetensors")
+    with pytest.raises(GptrainError, match="unexpected transformer.h.0.attn.c_attn.bias"):
+        load_weights_into_gpt(GPTModel(tiny_cfg), state)

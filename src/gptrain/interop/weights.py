@@ -237,10 +237,9 @@ def assign_weights(model: GPTModel, weights: Weights, device: torch.device | str
     missing = [rule.source for rule in rules if rule.source not in weights]
     # A model without qkv bias leaves a file's zero biases out (see has_zero_qkv_bias); other biases it cannot.
     zero_bias = not model.cfg.qkv_bias and weights.naming == HF and has_zero_qkv_bias(weights)
-    ignored = QKV_BIAS if zero_bias else MASK_BUFFER
-    unexpected = [weights.file_names[name] for name in weights.file_names
-                  if name not in wanted and not MASK_BUFFER.fullmatch(name) and not (tied_head and name == head)
-                  and not ignored.fullmatch(name)]
+    left_out = (MASK_BUFFER, QKV_BIAS) if zero_bias else (MASK_BUFFER,)
+    unexpected = [weights.file_names[name] for name in weights.file_names if name not in wanted
+                  and not any(kind.fullmatch(name) for kind in left_out) and not (tied_head and name == head)]
     if missing or unexpected:
         problems = ([f"missing {_first_few(missing)}"] if missing else []) + (
             [f"unexpected {_first_few(unexpected)}"] if unexpected else [])
@@ -248,7 +247,7 @@ def assign_weights(model: GPTModel, weights: Weights, device: torch.device | str
                            "check that the model's config matches the weights")
 
     for name in weights.file_names:
-        if MASK_BUFFER.fullmatch(name) or ignored.fullmatch(name):
+        if any(kind.fullmatch(name) for kind in left_out):
             weights.release(name)
     state = {}
     last_use = {rule.source: i for i, rule in enumerate(rules)}
