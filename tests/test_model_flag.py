@@ -135,10 +135,12 @@ def test_estimate_takes_the_run_recipe_and_any_model_reference(three_forms, caps
     (["--emb-dim", "0"], "--emb-dim must be a positive integer, not 0"),
     (["--vocab-size", "100"], "--vocab-size 100 is smaller than the GPT-2 tokenizer's 50,257 tokens"),
     (["--init", "EMPTY"], "holds no weights"),
+    (["--init", "RUN", "--n-layers", "3"], "--n-layers 3 disagrees with --init"),
 ])
-def test_a_bad_shape_or_init_is_one_line_before_any_data_is_read(tmp_path, capsys, flags, message):
+def test_a_bad_shape_or_init_is_one_line_before_any_data_is_read(three_forms, tmp_path, capsys, flags, message):
     (tmp_path / "empty").mkdir()
-    flags = [str(tmp_path / "empty") if flag == "EMPTY" else flag for flag in flags]
+    places = {"EMPTY": str(tmp_path / "empty"), "RUN": three_forms["run"][0]}
+    flags = [places.get(flag, flag) for flag in flags]
     capsys.readouterr()
     assert main(["train", "--data", str(tmp_path / "no-such-corpus.txt"), "--out", str(tmp_path / "run"), *flags]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
