@@ -300,7 +300,7 @@ def test_allowed_changes_are_recorded_and_other_data_is_refused(shards, tmp_path
     resumed = [r for r in records if r["event"] == "resume"]
     assert len(resumed) == 1 and resumed[0]["step"] == 2
     assert resumed[0]["changed"] == {"max_steps": [2, 3], "eval_freq": [2, 1], "save_every": [2, 3],
-                                     "logger": [["jsonl"], ["jsonl", "csv"]], "dropout": [None, 0.2]}
+                                     "logger": [["jsonl"], ["jsonl", "csv"]], "dropout": [0.1, 0.2]}
     prepare_parts([verdict_text[5000:15000], verdict_text[15000:25000]], tmp_path / "data")  # same path, other text
     with pytest.raises(GptrainError, match=r"cannot resume .* with the content of --data .*data \(sha256 [0-9a-f]{12}"
                                            r"\.\.\., trained on [0-9a-f]{12}\.\.\.\)"):
