@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
-    p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -); flags override it")
+    p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -), such as a run's "
+                                    "train.toml, which repeats that run; flags override it")
     p.add_argument("--data", default=s, help="text or .jsonl file, folder of them, or a named dataset (the-verdict); "
                                               "for a large corpus, a folder made by gptrain prepare")
     add_text_field_flag(p, "the field of each .jsonl record that holds the text [text]", default=s)
