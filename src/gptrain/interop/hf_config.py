@@ -15,6 +15,9 @@ from gptrain.model.config import GPTConfig
 HF_CONFIG = "config.json"
 HF_SAFETENSORS = "model.safetensors"
 HF_PICKLE = "pytorch_model.bin"
+# GPT-2's format has qkv biases always: gptrain marks the export of a model without them (written as
+# zeros), so that it reads back as that model. transformers keeps the key as an unused attribute.
+QKV_BIAS_KEY = "gptrain_qkv_bias"
 
 
 def config_from_hf(hf: Mapping[str, Any], source: str | Path = HF_CONFIG) -> GPTConfig:
@@ -40,7 +43,7 @@ def config_from_hf(hf: Mapping[str, Any], source: str | Path = HF_CONFIG) -> GPT
         return GPTConfig(
             vocab_size=hf.get("vocab_size", VOCAB_SIZE), context_length=hf.get("n_positions", 1024), emb_dim=emb_dim,
             n_heads=hf.get("n_head", 12), n_layers=hf.get("n_layer", 12), drop_rate=hf.get("resid_pdrop", 0.1),
-            qkv_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True),
+            qkv_bias=hf.get(QKV_BIAS_KEY, True) is not False, tie_embeddings=hf.get("tie_word_embeddings", True),
         )
     except GptrainError as exc:
         raise GptrainError(f"{source}: {exc}") from None
@@ -77,4 +80,4 @@ def hf_config_dict(cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[s
         "eos_token_id": END_OF_TEXT_ID,
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": str(dtype).removeprefix("torch."),
-    }
+    } | ({} if cfg.qkv_bias else {QKV_BIAS_KEY: False})

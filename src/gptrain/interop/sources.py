@@ -28,7 +28,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read_hf_config
 from gptrain.interop.hub import gpt2_size, source_path
-from gptrain.interop.weights import HF, Weights, assign_weights, has_zero_qkv_bias, infer_config, open_weights
+from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel
 from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
@@ -119,8 +119,6 @@ def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
         raise GptrainError(f"{located.path} is neither a file nor a folder: give a model's weights or folder")
     if cfg is None or weights.naming != HF:
         cfg = infer_config(weights, n_heads or _heads_beside(located.weights_file))
-    if weights.naming == HF and cfg.qkv_bias and has_zero_qkv_bias(weights):
-        cfg = cfg.replace(qkv_bias=False)  # a gptrain model without qkv bias, exported
     return weights, cfg
 
 

@@ -210,7 +210,7 @@ def _rules_for(model: GPTModel, weights: Weights) -> tuple[list[Rule], str]:
 
 def has_zero_qkv_bias(weights: Weights) -> bool:
     """Whether a Hugging Face file's query/key/value biases are all zero, as gptrain exports a model
-    without them (GPT-2's format has no place for their absence): such a file is that model."""
+    without them (GPT-2's format has no place for their absence, see hf_config.QKV_BIAS_KEY)."""
     names = [name for name in weights.file_names if QKV_BIAS.fullmatch(name)]
     return bool(names) and not any(weights.tensor(name, to_copy=True).any() for name in names)
 

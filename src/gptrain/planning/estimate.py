@@ -10,7 +10,7 @@ from gptrain.core.accelerators import find_accelerator
 from gptrain.core.errors import GptrainError
 from gptrain.core.formatting import duration, human
 from gptrain.core.runtime import planned_precision
-from gptrain.interop.hf_config import HF_PICKLE, HF_SAFETENSORS, config_from_hf
+from gptrain.interop.hf_config import config_from_hf
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.counts import parameter_counts
 from gptrain.planning.plan import CHINCHILLA_TOKENS_PER_PARAM, Estimate, Plan, check_fits, estimate
@@ -71,8 +71,6 @@ def model_config_from(source: str, n_heads: int | None = None) -> GPTConfig:
     """The shape of any model reference (see :func:`gptrain.interop.sources.resolve_shape`); a Hugging Face
     folder, or its config.json alone, needs no weights."""
     path = Path(source).expanduser()
-    if path.is_dir() and any((path / name).is_file() for name in (HF_SAFETENSORS, HF_PICKLE)):
-        return resolve_shape(source, n_heads=n_heads)  # the weights say what config.json cannot (no qkv bias)
     config_file = path / "config.json" if path.is_dir() else path
     try:
         values = json.loads(config_file.read_text(encoding="utf-8")) if config_file.name == "config.json" else {}
