@@ -8,11 +8,10 @@ import torch.nn.functional as F
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
 from gptrain.inference.generate import generate
-from gptrain.model.gpt import Linear
 
 
 def linear_weights(model):
-    return [m.weight for m in model.modules() if isinstance(m, Linear)]
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def transposed(weight) -> bool:
