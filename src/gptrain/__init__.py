@@ -9,6 +9,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens
+from gptrain.inference.cpu import store_weights_transposed
 from gptrain.inference.generate import (
     generate,
     generate_and_print_sample,
@@ -29,7 +30,6 @@ from gptrain.model.gpt import (
     MultiHeadAttention,
     TransformerBlock,
     count_parameters,
-    store_weights_transposed,
 )
 from gptrain.model.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
 from gptrain.model.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
