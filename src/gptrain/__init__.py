@@ -18,6 +18,7 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
+from gptrain.inference.quantize import quantize
 from gptrain.interop.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
 from gptrain.model.config import PRESETS, GPTConfig, get_preset
 from gptrain.model.gpt import (
@@ -80,6 +81,7 @@ __all__ = [
     "merge_lora",
     "perplexity",
     "plot_losses",
+    "quantize",
     "save_adapter",
     "save_checkpoint",
     "split_text",
