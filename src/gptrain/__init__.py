@@ -19,6 +19,7 @@ from gptrain.inference.generate import (
     stream_tokens,
 )
 from gptrain.inference.quantize import quantize
+from gptrain.interop.gguf import export_gguf
 from gptrain.interop.pretrained import download_gpt2, export_hf, inspect_loaded_model, load_gpt2, load_weights_into_gpt
 from gptrain.model.config import PRESETS, GPTConfig, get_preset
 from gptrain.model.gpt import (
@@ -61,6 +62,7 @@ __all__ = [
     "create_dataloader_v1",
     "download_gpt2",
     "evaluate_model",
+    "export_gguf",
     "export_hf",
     "export_peft_adapter",
     "evaluate_text",
