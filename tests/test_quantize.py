@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 import gptrain
 from gptrain import GPTModel, GptrainError, add_lora, evaluate_tokens, generate, split_text
-from gptrain.inference.quantize import Int8Embedding, Int8Linear, has_int8_kernel, quantize, weight_bytes
+from gptrain.inference.quantize import (
+    Int8Embedding,
+    Int8Linear,
+    has_int8_kernel,
+    int8_rows,
+    quantize,
+    weight_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +105,18 @@ def test_quantize_refuses_what_it_cannot_quantize(tiny_cfg):
         quantize(torch.nn.Linear(2, 2))
 
 
-def test_a_device_or_dtype_without_int8_kernels_is_refused_in_one_line(tiny_cfg):
+def test_a_device_or_dtype_without_int8_kernels_is_refused_in_one_line():
+    # PyTorch's CPU kernel takes float32, bfloat16 and float16 activations, and is vectorized for bfloat16.
     assert has_int8_kernel("cpu") and has_int8_kernel("cpu", torch.bfloat16)
-    # PyTorch's CPU kernel takes float32, bfloat16 and float16 activations only.
+    assert not has_int8_kernel("cpu", torch.float64)
+    layer = Int8Linear(*int8_rows(torch.randn(8, 32)), None, torch.float64)
     with pytest.raises(GptrainError, match=r"no int8 weight kernel .* for torch.float64 on cpu: run the int8 model"):
-        quantize(GPTModel(tiny_cfg).double())
-    q = quantize(GPTModel(tiny_cfg))
-    with pytest.raises(GptrainError, match=r"no int8 weight kernel .* for torch.float64 on cpu"):
-        q.trf_blocks[0].att.W_query(torch.zeros(1, tiny_cfg.emb_dim, dtype=torch.float64))
+        layer(torch.zeros(1, 32))
     if not torch.cuda.is_available():
         assert not has_int8_kernel("cuda")
+
+
+def test_on_cpu_the_int8_products_take_bfloat16_and_return_float32(tiny_cfg):
+    q = quantize(GPTModel(tiny_cfg))
+    assert {m.compute_dtype for m in q.modules() if isinstance(m, Int8Linear)} == {torch.bfloat16}
+    assert q(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.float32
