@@ -5,8 +5,9 @@ tokens, on CPU. The float32 model and its ``gptrain.quantize`` copy alternate in
 round; the figure is the median. A decoding step at batch 1 reads every weight once, so each
 precision also gets its bandwidth ceiling: one vector times every weight matrix and nothing
 else (float32 through F.linear, int8 through the same ``_weight_int8pack_mm`` kernel the model
-uses). The int8 ceiling is what a quarter of the bytes could buy; the gap to it is the rest of
-a step (attention, norms, sampling, Python), which int8 does not shrink.
+uses, with bfloat16 activations on CPU as the model's). The int8 ceiling is what a quarter of
+the bytes could buy; the gap to it is the rest of a step (attention, norms, sampling, Python),
+which int8 does not shrink.
 
     python benchmarks/bench_int8.py
     python benchmarks/bench_int8.py --new-tokens 50 --rounds 5 --threads 1
@@ -48,9 +49,10 @@ def ceiling(model, rounds: int) -> float:
         if isinstance(module, torch.nn.Linear):
             x = torch.randn(1, module.in_features)
             products.append(lambda x=x, w=module.weight.detach(): F.linear(x, w))
-        elif isinstance(module, Int8Linear):
-            x = torch.randn(1, module.in_features)
-            products.append(lambda x=x, m=module: torch.ops.aten._weight_int8pack_mm(x, m.weight_int8, m.scale))
+        elif isinstance(module, Int8Linear):  # in the activations' dtype the model's products take
+            x = torch.randn(1, module.in_features, dtype=module.compute_dtype)
+            scale = module.scale.to(module.compute_dtype)
+            products.append(lambda x=x, m=module, s=scale: torch.ops.aten._weight_int8pack_mm(x, m.weight_int8, s))
 
     def one_token():
         for product in products:
