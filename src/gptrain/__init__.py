@@ -19,6 +19,8 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
+from gptrain.inference.quantize import quantize
+from gptrain.interop.gguf import export_gguf
 from gptrain.interop.hub import download_gpt2
 from gptrain.interop.pretrained import export_hf, inspect_loaded_model, load_gpt2
 from gptrain.interop.weights import load_weights_into_gpt
@@ -62,6 +64,7 @@ __all__ = [
     "create_dataloader_v1",
     "download_gpt2",
     "evaluate_model",
+    "export_gguf",
     "export_hf",
     "export_peft_adapter",
     "evaluate_text",
@@ -82,6 +85,7 @@ __all__ = [
     "merge_lora",
     "perplexity",
     "plot_losses",
+    "quantize",
     "save_adapter",
     "save_checkpoint",
     "split_text",
