@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
+from gptrain.inference.cpu import SlicedLinear
 from gptrain.inference.generate import generate
-from gptrain.model.gpt import Linear
+from gptrain.model.lora import LoRALinear, add_lora, lora_layers, merge_lora
 
 
 def linear_weights(model):
-    return [m.weight for m in model.modules() if isinstance(m, Linear)]
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def transposed(weight) -> bool:
@@ -79,3 +80,20 @@ def test_evaluating_batches_or_with_autograd_or_in_bf16_keeps_the_layout(model):
     half = copy.deepcopy(model).to(torch.bfloat16)
     generate(half, windows[:1, :3], 3, 32)
     assert all(w.is_contiguous() for w in linear_weights(half))
+
+
+def test_lora_layers_keep_their_class_and_layout_and_generate_the_same_tokens(model):
+    adapted = add_lora(model, rank=4).eval()
+    with torch.no_grad():
+        for layer in lora_layers(adapted).values():
+            layer.lora_B.normal_()  # a non-zero update, so the adapters count in the tokens
+    plain = copy.deepcopy(adapted)
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        expected = [plain(idx[:, :n])[:, -1] for n in range(1, 5)]
+    tokens = generate(adapted, idx, 12, 32)
+    assert all(type(m) is LoRALinear and m.weight.is_contiguous() for m in lora_layers(adapted).values())
+    assert type(adapted.out_head) is SlicedLinear and transposed(adapted.out_head.weight)
+    with torch.no_grad():
+        torch.testing.assert_close([adapted(idx[:, :n])[:, -1] for n in range(1, 5)], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(tokens, generate(merge_lora(plain), idx, 12, 32))

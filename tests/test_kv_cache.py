@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
+from gptrain.inference.cpu import SlicedLinear, _inner_slices, optimize_for_cpu_inference, store_weights_transposed
 from gptrain.inference.generate import generate, generate_batch, stream_tokens
-from gptrain.model.gpt import KVCache, Linear, _inner_slices, store_weights_transposed
+from gptrain.model.gpt import KVCache
 
 
 @pytest.fixture
@@ -229,7 +230,7 @@ def threads():
 def test_sliced_products_equal_nn_linear(threads, rows, transposed):
     threads(3)  # 48 inner features cut in 3 slices of 16
     torch.manual_seed(0)
-    layer = Linear(48, 20)
+    layer = SlicedLinear(48, 20)
     if transposed:
         store_weights_transposed(layer)
     x = torch.randn(rows, 48)
@@ -257,8 +258,13 @@ def test_one_row_products_are_sliced_only_when_inferring_few_float32_rows_on_sev
     assert _inner_slices(x, 768) == 1  # autograd on: training stays nn.Linear
 
 
-def test_model_modules_keep_nn_linear_names_and_state(model):
-    assert isinstance(model.out_head, torch.nn.Linear) and isinstance(model.trf_blocks[0].ff.layers[0], Linear)
+def test_the_model_is_plain_until_optimized_and_keeps_its_names_and_state(model):
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 6 * model.cfg.n_layers + 1 and all(type(m) is torch.nn.Linear for m in linears)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimize_for_cpu_inference(model.eval())
+    assert all(type(m) is SlicedLinear for m in linears)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()) and state.keys() == model.state_dict().keys()
 
 
 def test_generation_under_bfloat16_autocast(model):

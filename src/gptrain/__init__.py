@@ -9,6 +9,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens
+from gptrain.inference.cpu import store_weights_transposed
 from gptrain.inference.generate import (
     generate,
     generate_and_print_sample,
@@ -18,6 +19,8 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
+from gptrain.inference.quantize import quantize
+from gptrain.interop.gguf import export_gguf
 from gptrain.interop.hub import download_gpt2
 from gptrain.interop.pretrained import export_hf, inspect_loaded_model
 from gptrain.interop.sources import ModelSource, load_gpt2, resolve_model
@@ -30,7 +33,6 @@ from gptrain.model.gpt import (
     MultiHeadAttention,
     TransformerBlock,
     count_parameters,
-    store_weights_transposed,
 )
 from gptrain.model.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
 from gptrain.model.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
@@ -64,6 +66,7 @@ __all__ = [
     "create_dataloader_v1",
     "download_gpt2",
     "evaluate_model",
+    "export_gguf",
     "export_hf",
     "export_peft_adapter",
     "evaluate_text",
@@ -84,6 +87,7 @@ __all__ = [
     "merge_lora",
     "perplexity",
     "plot_losses",
+    "quantize",
     "resolve_model",
     "save_adapter",
     "save_checkpoint",

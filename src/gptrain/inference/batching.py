@@ -29,9 +29,10 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.data.tokenizer import END_OF_TEXT_ID
+from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, select_next_token
 from gptrain.model.config import GPTConfig, as_model_config
-from gptrain.model.gpt import unwrap_model, use_inference_layout
+from gptrain.model.gpt import unwrap_model
 
 
 class QueueFull(GptrainError):
@@ -172,7 +173,7 @@ class BatchingEngine:
         if max_batch < 1 or max_queue < 0:
             raise GptrainError(f"max_batch must be at least 1 and max_queue at least 0, not {max_batch} and {max_queue}")
         self.model = unwrap_model(model).eval()
-        use_inference_layout(self.model)
+        optimize_for_cpu_inference(self.model)
         self.device = next(self.model.parameters()).device
         self.context_length = self.model.cfg.context_length
         self.cache = SlotKVCache(self.model.cfg, max_batch, self.context_length)

@@ -22,7 +22,8 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.data.tokenizer import text_to_token_ids, token_ids_to_text
-from gptrain.model.gpt import KVCache, unwrap_model, use_inference_layout
+from gptrain.inference.cpu import optimize_for_cpu_inference
+from gptrain.model.gpt import KVCache, unwrap_model
 
 
 class SamplingError(GptrainError):
@@ -137,7 +138,7 @@ def _token_steps(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, conte
     # input shape at every step.
     cache = KVCache(plain.cfg, batch, window) if use_cache else None
     was_training = model.training
-    use_inference_layout(plain)  # only a model already in eval mode: see there
+    optimize_for_cpu_inference(plain)  # the layout only for a model already in eval mode: see there
     model.eval()
     try:
         for _ in range(max_new_tokens):

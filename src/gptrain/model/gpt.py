@@ -77,57 +77,6 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, initialisation and state dict) that is fast for a few rows on a CPU.
-
-    A generation step multiplies one row per sequence by each weight matrix, and MKL runs such
-    a product on one core. Cut into one slice of the inner dimension per thread, it becomes a
-    batched product that PyTorch spreads over the threads, plus a sum of the partial results:
-    1.6x faster per token on 2 cores. Only in inference (no autograd), so training is untouched.
-
-    Generation stores float32 weights in the transposed layout of :func:`store_weights_transposed`
-    when it starts on a model in eval mode (see :func:`use_inference_layout`), so a plain
-    ``generate`` call is as fast as the CLI; ``train()`` moves them back. A sample taken in the
-    middle of training, and evaluating batches of windows, never switch: a training loop copies
-    no weights.
-    """
-
-    def train(self, mode: bool = True) -> "Linear":
-        super().train(mode)
-        if mode and not self.weight.is_contiguous():
-            with torch.no_grad():
-                self.weight.data = self.weight.data.contiguous()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = _inner_slices(x, self.in_features)
-        if parts == 1:
-            return super().forward(x)
-        rows = x.reshape(-1, parts, self.in_features // parts).transpose(0, 1)  # (parts, rows, in/parts)
-        out = torch.bmm(rows, self.weight.t().view(parts, -1, self.out_features)).sum(dim=0)
-        if self.bias is not None:
-            out += self.bias
-        return out.view(*x.shape[:-1], self.out_features)
-
-
-def transpose_weight(layer: nn.Linear) -> None:
-    """Store ``layer``'s weight (in, out)-contiguous: same values, shape and name (see store_weights_transposed)."""
-    # Outside inference mode: an inference tensor could not become a parameter that trains later.
-    with torch.inference_mode(False), torch.no_grad():
-        layer.weight.data = layer.weight.data.t().contiguous().t()
-
-
-def _inner_slices(x: torch.Tensor, in_features: int) -> int:
-    """How many slices to cut a product's inner dimension into: one per thread when inferring a few
-    float32 rows on a CPU. (From about 32 rows on MKL's own threading is as fast, and bfloat16
-    products go through oneDNN, which already uses every core.)"""
-    threads = torch.get_num_threads()
-    if (threads == 1 or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() > 16 * in_features
-            or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")):
-        return 1
-    return max(n for n in range(1, threads + 1) if in_features % n == 0)
-
-
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with separate query/key/value projections, as in the book."""
 
@@ -138,10 +87,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
         self.context_length = context_length
-        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = Linear(d_out, d_out)
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = dropout
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,9 +118,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.layers = nn.Sequential(
-            Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
             nn.GELU(approximate="tanh"),  # GPT-2's GELU, the book's formula in one fused op
-            Linear(4 * cfg.emb_dim, cfg.emb_dim),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,12 +141,12 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-        self.drop_resid = nn.Dropout(cfg.drop_rate)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_resid(self.att(self.norm1(x), cache, layer, attn_mask))
-        return x + self.drop_resid(self.ff(self.norm2(x)))
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, layer, attn_mask))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
 class GPTModel(nn.Module):
@@ -221,7 +170,7 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
-        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
@@ -296,38 +245,6 @@ def _pad_vocab_of_loaded_state(model: GPTModel, state: dict, prefix: str, *args)
         given = state.get(prefix + name)
         if given is not None and given.shape[0] < live.shape[0]:
             state[prefix + name] = torch.cat([given, given.new_zeros(live.shape[0] - given.shape[0], given.shape[1])])
-
-
-def store_weights_transposed(model: nn.Module) -> nn.Module:
-    """Keep every float32 linear weight in (in_features, out_features)-contiguous memory.
-
-    Values, shapes, names and state dict stay the same; only the storage order changes, to the
-    one GPT-2's ``Conv1D`` uses. A generation step multiplies one vector by every matrix, and
-    MKL does that 1.1-1.6x faster on CPUs in this order (bfloat16 goes through oneDNN, which
-    prefers the default order, so it is left alone). Generation calls
-    :func:`use_inference_layout` by itself; this does it for any model on any device.
-    """
-    for module in unwrap_model(model).modules():
-        if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_contiguous():
-            transpose_weight(module)
-    return model
-
-
-def use_inference_layout(model: nn.Module) -> None:
-    """Transpose the float32 CPU weights of a model that is about to generate in eval mode.
-
-    The copy costs about as much as a dozen decoding steps of the same model, so a model in
-    training mode (a sample in the middle of training, which the next step would move back)
-    keeps its layout, and so do sharded weights, which are not plain tensors.
-    """
-    plain = unwrap_model(model)
-    if plain.training or torch.is_autocast_enabled("cpu"):  # under autocast the products run in bf16
-        return
-    for module in plain.modules():
-        weight = module.weight.data if isinstance(module, nn.Linear) else None
-        if (weight is not None and type(weight) is torch.Tensor and weight.device.type == "cpu"
-                and weight.dtype == torch.float32 and weight.is_contiguous()):
-            transpose_weight(module)
 
 
 def count_parameters(model: nn.Module, include_out_head: bool = True) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir
 from gptrain.core.tensorfile import save_tensors
-from gptrain.model.gpt import GPTModel, Linear, unwrap_model
+from gptrain.model.gpt import GPTModel, unwrap_model
 
 # Short name -> the layer's path inside trf_blocks.N, and the GPT-2 (Hugging Face) module it becomes.
 TARGETS = {
@@ -69,8 +69,8 @@ def expand_targets(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(expanded)
 
 
-class LoRALinear(Linear):
-    """A frozen :class:`gptrain.model.gpt.Linear` plus a trainable low-rank update ``scale * B @ A``."""
+class LoRALinear(nn.Linear):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scale * B @ A``."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
         nn.Module.__init__(self)
@@ -160,7 +160,7 @@ def merge_lora(model: GPTModel) -> GPTModel:
     model = unwrap_model(model)
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
-            plain = Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+            plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
             plain.weight = nn.Parameter(layer.weight + layer.delta_weight().to(layer.weight.dtype))
             if layer.bias is not None:
                 plain.bias = nn.Parameter(layer.bias.detach().clone())

@@ -1,0 +1,122 @@
+"""Weight-only int8 inference (gptrain.quantize) against the float model it came from."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gptrain
+from gptrain import GPTModel, GptrainError, add_lora, evaluate_tokens, generate, split_text
+from gptrain.inference.quantize import (
+    Int8Embedding,
+    Int8Linear,
+    has_int8_kernel,
+    int8_rows,
+    quantize,
+    weight_bytes,
+)
+
+
+@pytest.fixture(scope="module")
+def trained_and_heldout(verdict_text, tokenizer):
+    """A tiny model trained for 100 steps on the story's first 90%, and the ids of the last 10% it never saw.
+
+    Its vocabulary is the story's own tokens (GPT-2 ids renumbered), which keeps training to seconds.
+    """
+    train_text, heldout_text = split_text(verdict_text, 0.9)
+    gpt2_ids = [tokenizer.encode(text) for text in (train_text, heldout_text)]
+    ids = {token: i for i, token in enumerate(sorted(set(gpt2_ids[0] + gpt2_ids[1])))}
+    train, heldout = ([ids[t] for t in part] for part in gpt2_ids)
+    torch.manual_seed(123)
+    model = GPTModel(gptrain.GPTConfig(vocab_size=len(ids), context_length=64, emb_dim=64, n_heads=4, n_layers=2,
+                                       drop_rate=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    windows = torch.tensor(train[:len(train) // 65 * 65]).view(-1, 65)
+    for step in range(100):
+        batch = windows[torch.randint(len(windows), (8,))]
+        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), heldout
+
+
+def test_int8_logits_stay_close_to_float32(trained_and_heldout, tokenizer):
+    model, heldout = trained_and_heldout
+    ids = torch.tensor([heldout[:64]])
+    q = quantize(copy.deepcopy(model))
+    with torch.no_grad():
+        ref, got = model(ids), q(ids)
+    relative = ((got - ref).norm() / ref.norm()).item()
+    assert relative < 0.02, relative
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree > 0.9, agree
+
+
+def test_int8_perplexity_on_held_out_text_is_within_one_percent(trained_and_heldout):
+    model, heldout = trained_and_heldout
+    float_ppl = evaluate_tokens(model, heldout).perplexity
+    int8_ppl = evaluate_tokens(quantize(copy.deepcopy(model)), heldout).perplexity
+    assert float_ppl < 0.5 * model.cfg.vocab_size  # trained: a random model sits near the vocabulary size
+    assert abs(int8_ppl / float_ppl - 1) < 0.01, (float_ppl, int8_ppl)
+
+
+def test_int8_weights_take_about_a_quarter_of_the_bytes(tiny_cfg):
+    for tied in (False, True):
+        model = GPTModel(tiny_cfg.replace(tie_embeddings=tied)).eval()
+        before = weight_bytes(model)
+        q = quantize(model)
+        assert 0.24 < weight_bytes(q) / before < 0.30, weight_bytes(q) / before
+        # The tied head keeps sharing the embedding's rows: one int8 copy, not two.
+        assert (q.out_head.weight_int8 is q.tok_emb.weight_int8) == tied
+        assert all(not p.requires_grad for p in q.parameters())
+
+
+def test_every_linear_layer_and_the_token_embedding_become_int8(tiny_cfg):
+    q = quantize(GPTModel(tiny_cfg.replace(qkv_bias=True)))
+    linears = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 6 * tiny_cfg.n_layers + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in q.modules())
+    assert isinstance(q.tok_emb, Int8Embedding)
+    assert isinstance(q.pos_emb, torch.nn.Embedding)  # tiny, and read by its shape elsewhere
+
+
+def test_int8_greedy_generation_and_a_padded_vocabulary(trained_and_heldout):
+    model, heldout = trained_and_heldout
+    prompt = torch.tensor([heldout[:8]])
+    expected = generate(model, prompt, 20, 64)
+    padded = quantize(copy.deepcopy(model).pad_vocab(64))
+    assert padded.out_head.out_features % 64 == 0 and padded.out_head.out_features > model.cfg.vocab_size
+    got = generate(padded, prompt, 20, 64)
+    # Greedy paths part at the first near tie; until then they agree token for token.
+    assert torch.equal(got[0, :18], expected[0, :18])
+    assert gptrain.quantize is quantize
+
+
+def test_quantize_refuses_what_it_cannot_quantize(tiny_cfg):
+    with pytest.raises(GptrainError, match="unknown quantization 'int4': choose int8"):
+        quantize(GPTModel(tiny_cfg), "int4")
+    with pytest.raises(GptrainError, match="already quantized"):
+        quantize(quantize(GPTModel(tiny_cfg)))
+    with pytest.raises(GptrainError, match="merge them first"):
+        quantize(add_lora(GPTModel(tiny_cfg), rank=2))
+    with pytest.raises(GptrainError, match="takes a GPTModel, not Linear"):
+        quantize(torch.nn.Linear(2, 2))
+
+
+def test_a_device_or_dtype_without_int8_kernels_is_refused_in_one_line():
+    # PyTorch's CPU kernel takes float32, bfloat16 and float16 activations, and is vectorized for bfloat16.
+    assert has_int8_kernel("cpu") and has_int8_kernel("cpu", torch.bfloat16)
+    assert not has_int8_kernel("cpu", torch.float64)
+    layer = Int8Linear(*int8_rows(torch.randn(8, 32)), None, torch.float64)
+    with pytest.raises(GptrainError, match=r"no int8 weight kernel .* for torch.float64 on cpu: run the int8 model"):
+        layer(torch.zeros(1, 32))
+    if not torch.cuda.is_available():
+        assert not has_int8_kernel("cuda")
+
+
+def test_on_cpu_the_int8_products_take_bfloat16_and_return_float32(tiny_cfg):
+    q = quantize(GPTModel(tiny_cfg))
+    assert {m.compute_dtype for m in q.modules() if isinstance(m, Int8Linear)} == {torch.bfloat16}
+    assert q(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.float32
