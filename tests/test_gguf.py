@@ -1,5 +1,8 @@
 """GGUF export, checked against the format's reader and llama.cpp itself (llama-cpp-python)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -157,3 +160,31 @@ def test_an_existing_file_is_kept_until_a_complete_one_replaces_it(tmp_path, tin
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
     export_gguf(huge, out, dtype="f32", overwrite=True)
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == gguf.LlamaFileType.ALL_F32
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gptrain", *args], capture_output=True, text=True)
+
+
+def test_gptrain_export_format_gguf_writes_what_export_gguf_writes(tmp_path, model, exported):
+    checkpoint = save_checkpoint(model, tmp_path / "run")
+    result = run_cli("export", "--model", str(checkpoint), "--format", "gguf", "--dtype", "f16",
+                     "--out", str(tmp_path / "cli.gguf"))
+    assert result.returncode == 0, result.stderr
+    written = gguf.GGUFReader(tmp_path / "cli.gguf")
+    reference = gguf.GGUFReader(exported["f16"])
+    assert [(t.name, t.tensor_type) for t in written.tensors] == [(t.name, t.tensor_type) for t in reference.tensors]
+    assert all((a.data == b.data).all() for a, b in zip(written.tensors, reference.tensors))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "f16"], "--dtype chooses the weights of a GGUF file: add --format gguf, or drop --dtype"),
+    (["--format", "onnx"], "invalid choice: 'onnx'"),
+    (["--format", "gguf", "--dtype", "q4_k"], "invalid choice: 'q4_k'"),
+])
+def test_bad_export_formats_are_one_line(tmp_path, model, args, message):
+    checkpoint = save_checkpoint(model, tmp_path / "run")
+    result = run_cli("export", "--model", str(checkpoint), "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,8 @@
 """Weight-only int8 inference (gptrain.quantize) against the float model it came from."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,3 +122,20 @@ def test_on_cpu_the_int8_products_take_bfloat16_and_return_float32(tiny_cfg):
     q = quantize(GPTModel(tiny_cfg))
     assert {m.compute_dtype for m in q.modules() if isinstance(m, Int8Linear)} == {torch.bfloat16}
     assert q(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.float32
+
+
+def test_gptrain_generate_quantize_int8_gives_what_the_python_api_gives(tmp_path, tiny_cfg, tokenizer):
+    torch.manual_seed(5)
+    model = GPTModel(tiny_cfg).eval()
+    checkpoint = gptrain.save_checkpoint(model, tmp_path / "run")
+    prompt = "Every effort moves you"
+    result = subprocess.run([sys.executable, "-m", "gptrain", "generate", "--model", str(checkpoint), "--prompt", prompt,
+                             "--max-new-tokens", "12", "--device", "cpu", "--quantize", "int8", "--no-stream"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ids = gptrain.text_to_token_ids(prompt, tokenizer)
+    expected = generate(quantize(copy.deepcopy(model)), ids, 12, tiny_cfg.context_length)
+    assert result.stdout.rstrip("\n") == gptrain.token_ids_to_text(expected, tokenizer)
+    bad = subprocess.run([sys.executable, "-m", "gptrain", "generate", "--model", str(checkpoint), "--quantize", "int4"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'int4'" in bad.stderr

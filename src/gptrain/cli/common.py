@@ -84,3 +84,12 @@ def add_text_field_flag(p: argparse.ArgumentParser, help: str = RECORDS_TEXT_FIE
 def add_n_heads_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-heads", type=int, default=None,
                    help="attention heads of a state dict file, which does not record them (GPT-2's widths imply them)")
+
+
+QUANTIZATIONS = ("int8",)
+
+
+def add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                   help="run the linear layers with int8 weights and per-channel scales: a quarter of fp32's "
+                        "weight bytes, for generation bound by memory bandwidth (see docs/generation.md)")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptrain.cli.common import DefaultsHelpFormatter, add_device_flag, add_model_flags, add_sampling_flags
+from gptrain.cli.common import (
+    DefaultsHelpFormatter,
+    add_device_flag,
+    add_model_flags,
+    add_quantize_flag,
+    add_sampling_flags,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +28,7 @@ def add_parser(subparsers) -> None:
     add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
     add_device_flag(p)
+    add_quantize_flag(p)
     p.add_argument("--no-stream", action="store_true",
                    help="print the text once it is complete instead of token by token")
     p.set_defaults(handler=run)
@@ -32,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     continuation = continue_prompt(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                   device=args.device, n_heads=args.n_heads)
+                                   device=args.device, n_heads=args.n_heads,
+                                   quantize=args.quantize)
     if continuation.warning:
         print(f"gptrain: warning: {continuation.warning}", file=sys.stderr, flush=True)
     if args.no_stream:

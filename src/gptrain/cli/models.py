@@ -30,12 +30,17 @@ def add_download_gpt2_parser(subparsers) -> None:
 
 def add_export_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="write a model as a Hugging Face GPT-2 folder",
-        description="Write config.json, model.safetensors and the GPT-2 tokenizer files, which "
-                    "transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read.",
+        "export", help="write a model as a Hugging Face GPT-2 folder or a GGUF file for llama.cpp",
+        description="--format hf (the default) writes config.json, model.safetensors and the GPT-2 tokenizer "
+                    "files, which transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained "
+                    "read; --format gguf writes one GGUF file (llama.cpp's GPT-2 graph and tokenizer) that "
+                    "llama.cpp, Ollama and LM Studio run.",
     )
     add_model_flags(p, help="the model to export")
-    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--out", required=True, help="folder (hf) or file (gguf) to write")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write: hf (the default) or gguf")
+    p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default=None,
+                   help="the GGUF file's weights: f32 (default), f16 or q8_0 (8-bit blocks); gguf only")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=run_export)
 
@@ -84,10 +89,22 @@ def run_download_gpt2(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        return run_export_gguf(args)
+    if args.dtype is not None:
+        raise GptrainError("--dtype chooses the weights of a GGUF file: add --format gguf, or drop --dtype")
     from gptrain.interop.pretrained import export_hf
 
     out = export_hf(args.model, args.out, overwrite=args.overwrite, n_heads=args.n_heads)
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    return 0
+
+
+def run_export_gguf(args: argparse.Namespace) -> int:
+    from gptrain.interop.gguf import export_gguf
+
+    out = export_gguf(args.model, args.out, dtype=args.dtype or "f32", overwrite=args.overwrite, n_heads=args.n_heads)
+    print(f"wrote {out}: run it with llama.cpp, e.g. llama-cli -m {out} -p \"Every effort moves you\"")
     return 0
 
 

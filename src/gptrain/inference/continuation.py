@@ -13,6 +13,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
+from gptrain.inference.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
 
 
@@ -41,13 +42,16 @@ class Continuation:
 
 def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int = 123,
-                    device: str = "auto", n_heads: int | None = None) -> Continuation:
+                    device: str = "auto", n_heads: int | None = None, quantize: str | None = None) -> Continuation:
     """Load the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`) and start
     continuing ``prompt``: the
-    sampling settings are checked before the model is loaded, the tokens come as the result is iterated."""
+    sampling settings are checked before the model is loaded, the tokens come as the result is iterated.
+    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.inference.quantize.quantize`)."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
     loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
+    if quantize is not None:
+        loaded = quantize_model(loaded, quantize)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer).to(resolved)
     if idx.shape[1] == 0:
