@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import book_model_from, hf_model_from, machine_description  # noqa: E402
+from common import book_model_from, hf_model_from, machine_description, random_gpt2_124m  # noqa: E402
 
-from gptrain import GPTModel, get_preset  # noqa: E402
 from gptrain.inference.generate import generate
 
 SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
@@ -102,9 +101,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = get_preset("124M").replace(tie_embeddings=True, qkv_bias=True, drop_rate=0.0)
-    torch.manual_seed(args.seed)
-    base = GPTModel(cfg).eval()
+    base = random_gpt2_124m(args.seed)
+    cfg = base.cfg
     prompts = torch.randint(0, cfg.vocab_size, (8, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
     print(f"{machine_description(torch.device('cpu'))}, {torch.get_num_threads()} torch threads")
     print(f"GPT-2 124M with random weights, {args.prompt_tokens}-token prompts, {args.new_tokens} new greedy "

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description  # noqa: E402
+from common import machine_description, random_gpt2_124m  # noqa: E402
 
-from gptrain import GPTModel, generate, get_preset, quantize  # noqa: E402
+from gptrain import generate, quantize  # noqa: E402
 from gptrain.inference.quantize import Int8Linear, weight_bytes  # noqa: E402
 
 
@@ -72,9 +72,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = get_preset("124M").replace(tie_embeddings=True, qkv_bias=True, drop_rate=0.0)
-    torch.manual_seed(args.seed)
-    fp32 = GPTModel(cfg).eval()
+    fp32 = random_gpt2_124m(args.seed)
+    cfg = fp32.cfg
     int8 = quantize(copy.deepcopy(fp32))
     prompt = torch.randint(0, cfg.vocab_size, (1, 4), generator=torch.Generator().manual_seed(1))
     print(f"{machine_description(torch.device('cpu'))}, {torch.get_num_threads()} torch threads")

@@ -16,6 +16,17 @@ def find_verdict() -> Path:
     raise SystemExit("the-verdict.txt not found: set GPTRAIN_DATA_DIR to the folder that holds it")
 
 
+def random_gpt2_124m(seed: int):
+    """GPT-2 124M's shape (tied head, qkv bias, no dropout) with random weights from ``seed``, in eval
+    mode: the model the generation benchmarks time."""
+    import torch
+
+    from gptrain import GPTModel, get_preset
+
+    torch.manual_seed(seed)
+    return GPTModel(get_preset("124M").replace(tie_embeddings=True, qkv_bias=True, drop_rate=0.0)).eval()
+
+
 def book_model_from(model):
     """The book's GPTModel (llms_from_scratch.ch04) computing what ``model`` computes.
 
