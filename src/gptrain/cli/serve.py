@@ -18,14 +18,19 @@ def add_parser(subparsers) -> None:
                     "--shutdown-timeout seconds to finish.",
     )
     add_model_flags(p, help="the model to serve")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 is every interface [127.0.0.1]")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 is every interface, and any address but loopback needs "
+                        "--api-key or --insecure-no-auth [127.0.0.1]")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one [8000]")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on the API [$GPTRAIN_API_KEY, else none]")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve an address other than loopback without an API key: anyone who reaches it may use it")
     p.add_argument("--model-name", default=None,
                    help="the model id clients name [the model's folder or file name; gpt2-SIZE for a GPT-2 size]")
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together [16]")
-    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; 503 beyond [64]")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="sequences that may wait for a slot; beyond, 503 with Retry-After at once [64]")
     # --max-tokens, the old name, is train's token budget there: kept here as an alias.
     p.add_argument("--max-request-tokens", "--max-tokens", dest="max_request_tokens", type=int, default=None,
                    help="cap on a request's max_tokens (alias: --max-tokens) [the model's context]")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The settings are checked before the model is loaded: a bad one costs no waiting.
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRAIN_API_KEY"),
+                      insecure_no_auth=args.insecure_no_auth,
                       model_name=args.model_name or "gptrain", max_batch=args.max_batch, max_queue=args.max_queue,
                       max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)

@@ -19,6 +19,7 @@ import hmac
 import signal
 import socket
 from importlib import resources
+from typing import AsyncIterator
 
 import torch
 import uvicorn
@@ -29,7 +30,7 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.inference.api_schema import APIError, CompletionRequest, DistributionRequest, ServeConfig, parse_body
-from gptrain.inference.completions import CompletionService
+from gptrain.inference.completions import Completion, CompletionService
 
 
 def authorize(request: Request, cfg: ServeConfig) -> None:
@@ -53,6 +54,27 @@ async def read_body(request: Request, cfg: ServeConfig) -> bytes:
         if len(body) > cfg.max_body_bytes:
             raise too_large
     return bytes(body)
+
+
+async def cancel_when_client_leaves(request: Request, completion: Completion) -> None:
+    """Waits for the client to close the connection, then frees the completion's slots.
+
+    A request's body is read by then, so the next ASGI message is the disconnect. Watching for it
+    (rather than waiting for a write to fail) notices a client that left while its sequences
+    wait for a slot or for the next token.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    completion.client_gone()
+
+
+async def streamed(request: Request, completion: Completion) -> AsyncIterator[str]:
+    watcher = asyncio.create_task(cancel_when_client_leaves(request, completion))
+    try:
+        async for chunk in completion.stream():
+            yield chunk
+    finally:
+        watcher.cancel()
 
 
 def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None) -> FastAPI:
@@ -80,7 +102,7 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": cfg.model_name, "max_batch": cfg.max_batch, "max_queue": cfg.max_queue,
-                **engine.load()}
+                **engine.load(), **service.stats}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
@@ -108,8 +130,12 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
         authorize(request, cfg)
         completion = service.start(parse_body(await read_body(request, cfg), CompletionRequest))
         if completion.request.stream:
-            return StreamingResponse(completion.stream(), media_type="text/event-stream")
-        return await completion.response()
+            return StreamingResponse(streamed(request, completion), media_type="text/event-stream")
+        watcher = asyncio.create_task(cancel_when_client_leaves(request, completion))
+        try:
+            return await completion.response()
+        finally:
+            watcher.cancel()
 
     @functools.lru_cache(maxsize=16)
     def last_logits(prompt: tuple[int, ...]) -> torch.Tensor:
