@@ -79,9 +79,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--early-stop-patience", type=int, default=s,
                    help="stop when validation loss has not improved for N evaluations (best/ keeps the best)")
     p.add_argument("--log-every", type=int, default=s, help="write a train record to metrics.jsonl every N steps [1]")
-    p.add_argument("--logger", nargs="+", choices=["jsonl", "csv", "tensorboard"], default=s,
+    p.add_argument("--logger", nargs="+", choices=["jsonl", "csv", "tensorboard", "wandb", "mlflow"], default=s,
                    help="where metrics go besides metrics.jsonl, which is always written: csv (metrics.csv), "
-                        "tensorboard (needs the tensorboard extra) [jsonl]")
+                        "tensorboard, wandb, mlflow (each needs its extra) [jsonl]")
+    p.add_argument("--wandb-project", default=s, help="the wandb project [$WANDB_PROJECT, else gptrain]")
+    p.add_argument("--run-name", default=s, help="the run's name in wandb and MLflow [the run directory's name]")
+    p.add_argument("--mlflow-uri", default=s, help="the MLflow tracking URI [$MLFLOW_TRACKING_URI, else RUN/mlruns]")
     p.add_argument("--save-every", type=int, default=s, help="save a resumable checkpoint every N steps")
     p.add_argument("--keep-last", type=int, default=s, help="keep only the last K step checkpoints [all]")
     p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")

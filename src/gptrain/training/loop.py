@@ -33,7 +33,8 @@ from gptrain.model.counts import flops_per_token
 from gptrain.model.gpt import count_parameters
 from gptrain.model.lora import PEFT_DIR, export_peft_adapter, has_lora
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.reporting.report import write_report
+from gptrain.reporting.report import REPORT_FILE, write_report
+from gptrain.reporting.trackers import TrackerSettings
 from gptrain.store.checkpoint import CHECKPOINTS_DIR, prune_checkpoints
 from gptrain.training.book import plot_losses
 from gptrain.training.checkpointing import prepare_run_dir, resume_latest, save_run_checkpoint
@@ -115,10 +116,12 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
         prepare_run_dir(run.out, overwrite, resume)
     if resume:
         step, path, resume_changes = resume_latest(run, state)
+    config = {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()}
     if main:
-        write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()})
+        write_json_atomic(run.out / "config.json", config)
         write_text_atomic(run.out / RECIPE_FILE, recipe_text(run.cfg))
-    run.log = MetricsLog(run.out, run.cfg.logger, enabled=main)
+    trackers = TrackerSettings(run.cfg.wandb_project, run.cfg.run_name, run.cfg.mlflow_uri)
+    run.log = MetricsLog(run.out, run.cfg.logger, enabled=main, trackers=trackers, config=config)
     if resume:
         run.log.write("resume", step=step, checkpoint=str(path), changed=resume_changes)
         for name, (was, now) in resume_changes.items():
@@ -275,9 +278,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         with StopOnSignal() as stop:
             outcome = run_steps(run, state, stop, progress, eval_tasks, evaluates, started)
             finish_run(run, state, outcome, started)
+    except BaseException:
+        run.log.finish(failed=True)
+        raise
     finally:
         progress.close()
         run.log.close()
         if run.procs.distributed and dist.is_initialized():
             dist.destroy_process_group()
-    return summarise(run, state, outcome)
+    summary = summarise(run, state, outcome)
+    run.log.finish(run.out / REPORT_FILE)
+    return summary
