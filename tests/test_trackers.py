@@ -111,6 +111,7 @@ def test_wandb_without_a_login_is_one_line_naming_both_ways_out(tmp_path, story_
     for name in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc holding a key
+    pytest.importorskip("wandb").teardown()  # wandb keeps the settings it read at its first start in this process
     for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     assert main(["train", "--data", str(story_page), "--out", str(tmp_path / "run"), "--preset", "tiny",
