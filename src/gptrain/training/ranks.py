@@ -125,6 +125,17 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
+def shared_store_warning() -> str | None:
+    """Why restarts may fail to reconnect, when they may: torchrun shares its rendezvous store with the
+    workers by default, and a restarted group can read the failed attempt's addresses from it
+    (pytorch#135712), which it then waits on and cannot reach."""
+    restarts_allowed = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"
+    if not restarts_allowed or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return ("warning: torchrun --max-restarts shares its rendezvous store with the workers, so a restarted group "
+            "can fail to connect (pytorch#135712): launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+
+
 def fault_point(step: int, rank: int) -> None:
     """Kill this process as a failing node would, where :data:`FAULT_ENV` asks for it (tests, benchmarks)."""
     spec = os.environ.get(FAULT_ENV)

@@ -41,7 +41,7 @@ from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import check_launch, checkpoint_activations, shard_model
-from gptrain.training.ranks import Agreement, RankRecord, node_name, ranks_agree
+from gptrain.training.ranks import Agreement, RankRecord, node_name, ranks_agree, shared_store_warning
 from gptrain.training.resume import data_fingerprint
 from gptrain.training.step import load_windows, rank_offsets
 from gptrain.training.transfer import load_init_model
@@ -199,6 +199,8 @@ def set_up(cfg: TrainConfig, echo: Callable[[str], None]) -> Setup:
     """Join the process group, resolve the settings and read the data; every rank checks that all the
     others did the same before any of them goes on (:func:`ranks_agree`)."""
     procs, device = start_processes(cfg.device)
+    if warning := shared_store_warning():
+        echo(warning)
     with ranks_agree(procs) as agreement:
         setup = _set_up(cfg, procs, device, echo, agreement)
     setup.ranks = agreement.records
