@@ -114,18 +114,30 @@ def add_parser(subparsers) -> None:
                         "memory, about a third more compute [off]")
     p.add_argument("--price-per-hour", type=float, default=s,
                    help="price of one device-hour: the report and the last line give the run's cost")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", nargs="?", const="latest", choices=["latest", "auto"],
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
-                        "updated by the flags given)")
+                        "updated by the flags given); --resume auto does so when there is one and starts "
+                        "afresh otherwise: the command to give torchrun --max-restarts")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--dry-run", action="store_true",
+                   help="set up as training would (under torchrun: every rank, checking that all agree), print "
+                        "each rank's part of the job, and exit without training")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptrain.training.config import resolve_train_config
-    from gptrain.training.loop import train
+    from pathlib import Path
 
-    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume"}}
-    cfg = resolve_train_config(flags, config_file=args.config, resume=args.resume)
-    train(cfg, overwrite=args.overwrite, resume=args.resume)
+    from gptrain.training.checkpointing import resume_mode
+    from gptrain.training.config import TrainConfig, resolve_train_config
+    from gptrain.training.loop import print_line, train
+    from gptrain.training.run import dry_run
+
+    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume", "dry_run"}}
+    resume, start_over = resume_mode(args.resume, Path(flags.get("out", TrainConfig.out)))
+    cfg = resolve_train_config(flags, config_file=args.config, resume=resume)
+    if args.dry_run:
+        dry_run(cfg, echo=print_line)
+        return 0
+    train(cfg, overwrite=args.overwrite or start_over, resume=resume)
     return 0  # also after SIGTERM/SIGINT: the run saved a checkpoint to resume from

@@ -73,12 +73,17 @@ def open_tensorboard(folder: Path):
     return import_extra("torch.utils.tensorboard", "tensorboard", "tensorboard", "tensorboard").SummaryWriter(str(folder))
 
 
+# What happened to the run rather than what it computed: kept when a resume cuts the log back.
+HISTORY_EVENTS = ("failed", "restart")
+
+
 def truncate_metrics(out: Path, step: int) -> None:
     """Drop records written after the checkpoint we resume from (they will be written again)."""
     jsonl, table = out / "metrics.jsonl", out / "metrics.csv"
     if jsonl.exists():
-        kept = [line for line in jsonl.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", -1) < step]
+        records = [(line, json.loads(line)) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line, record in records
+                if record.get("step", -1) < step or record.get("event") in HISTORY_EVENTS]
         tmp = jsonl.with_name(f".{jsonl.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         tmp.replace(jsonl)

@@ -43,11 +43,12 @@ from gptrain.training.config import RECIPE_FILE, TrainConfig, recipe_text
 from gptrain.training.optim import lr_at, set_lr
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import accumulate_without_sync, local_value
+from gptrain.training.ranks import fault_point, last_failure, restart_count
 from gptrain.training.run import Run, build_run, new_state
 from gptrain.training.run_eval import evaluate_after_step, log_evaluation
 from gptrain.training.runlock import locks_run_dir
 from gptrain.training.signals import StopOnSignal
-from gptrain.training.step import collate, epoch_order, forward_backward
+from gptrain.training.step import collate, epoch_order, forward_backward, rank_offsets
 from gptrain.training.transfer import describe_start
 
 
@@ -56,9 +57,8 @@ def step_batches(run: Run, state: dict[str, Any]):
     order = epoch_order(len(run.train_windows), run.cfg.seed, state["epoch"])
     start = state["step_in_epoch"] * run.global_batch
     global_indices = order[start:start + run.global_batch]
-    b, world = run.cfg.batch_size, run.procs.world_size
-    for micro in range(run.cfg.grad_accum):
-        offset = (micro * world + run.procs.rank) * b
+    b = run.cfg.batch_size
+    for offset in rank_offsets(run.procs.rank, run.procs.world_size, b, run.cfg.grad_accum):
         yield collate(run.train_windows, global_indices[offset:offset + b])
 
 
@@ -78,6 +78,7 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
         with sync:
             total += forward_backward(run.model, inputs.to(run.device), targets.to(run.device), run.autocast,
                                       1.0 / len(micro_batches), run.scaler)
+    fault_point(state["step"], run.procs.rank)
     mean_loss = mean_over_processes(total.item() / len(micro_batches), run.procs, run.device)
     if not math.isfinite(mean_loss):
         raise GptrainError(
@@ -112,8 +113,11 @@ class Outcome:
 def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) -> None:
     """The run directory made ready (or the run resumed), its config and metrics log opened."""
     main = run.procs.is_main
+    restarts = restart_count()
+    cause = last_failure(run.out) if restarts and main else None  # read before the log is cut back or cleared
     if main:
         prepare_run_dir(run.out, overwrite, resume)
+    step = 0
     if resume:
         step, path, resume_changes = resume_latest(run, state)
     config = {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()}
@@ -126,6 +130,9 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
         run.log.write("resume", step=step, checkpoint=str(path), changed=resume_changes)
         for name, (was, now) in resume_changes.items():
             run.echo(f"Changed on resume: {name} {was!r} -> {now!r}")
+    if restarts:
+        run.log.write("restart", step=step, restart=restarts, cause=cause, time=time.time())
+        run.echo(f"Restart {restarts} by torchrun, from step {step}" + (f" (after {cause})" if cause else ""))
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
     ctx = run.raw_model.cfg.context_length
@@ -278,7 +285,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         with StopOnSignal() as stop:
             outcome = run_steps(run, state, stop, progress, eval_tasks, evaluates, started)
             finish_run(run, state, outcome, started)
-    except BaseException:
+    except BaseException as exc:
+        if run.procs.distributed and isinstance(exc, Exception):  # the cause a restart by torchrun logs
+            cause = f"{type(exc).__name__}: {str(exc).strip()}".split(". ")[0].splitlines()[0][:300]
+            run.log.write("failed", step=state["step"], rank=run.procs.rank, cause=cause, time=time.time())
         run.log.finish(failed=True)
         raise
     finally:
