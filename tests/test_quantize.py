@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import gptrain
 from gptrain import GPTModel, GptrainError, add_lora, evaluate_tokens, generate, split_text
-from gptrain.inference.quantize import (
+from gptrain.model.quantize import (
     Int8Embedding,
     Int8Linear,
     has_int8_kernel,

@@ -19,7 +19,7 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.inference.quantize import quantize
+from gptrain.model.quantize import quantize
 from gptrain.interop.gguf import export_gguf
 from gptrain.interop.hub import download_gpt2
 from gptrain.interop.pretrained import export_hf, inspect_loaded_model

@@ -13,7 +13,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
-from gptrain.inference.quantize import quantize as quantize_model
+from gptrain.model.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
 
 
@@ -46,7 +46,7 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     """Load the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`) and start
     continuing ``prompt``: the
     sampling settings are checked before the model is loaded, the tokens come as the result is iterated.
-    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.inference.quantize.quantize`)."""
+    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
     loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
