@@ -16,8 +16,6 @@ from gptrain.evaluation.heldout import (
 )
 from gptrain.evaluation.tasks import TaskResult, check_task_name, evaluate_task, read_task_file
 from gptrain.interop.sources import resolve_model
-from gptrain.model.gpt import GPTModel
-from gptrain.model.quantize import quantize as quantize_model
 
 
 def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = None, split: str | None = None,
@@ -27,11 +25,11 @@ def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = Non
     """The description of ``data`` (see :func:`load_eval_tokens`) and the loss on it of the model that
     ``model`` names (see :func:`gptrain.interop.sources.resolve_model`), in sliding windows of
     ``context_length`` tokens every ``stride`` (both the model's context by default); ``quantize="int8"``
-    scores it with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
+    scores it with int8 weights (see :func:`gptrain.model.quantize.quantize`)."""
     tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field)
     check_eval_tokens(len(tokens))
     resolved = resolve_device(device)
-    loaded = _load(model, resolved, n_heads, quantize)
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
     context = loaded.cfg.context_length if context_length is None else context_length
     check_window_args(context, context if stride is None else stride, loaded.cfg.context_length)
     result = evaluate_tokens(loaded, tokens, context_length=context_length, stride=stride, batch_size=batch_size,
@@ -46,11 +44,7 @@ def score_task(task: str, data: str | Path, *, model: str | Path, n_heads: int |
     ``data`` (with int8 weights for ``quantize="int8"``)."""
     examples = read_task_file(check_task_name(task), data, limit)
     resolved = resolve_device(device)
-    loaded = _load(model, resolved, n_heads, quantize)
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
     return evaluate_task(loaded, task, examples, batch_size=batch_size,
                          precision=resolve_precision(precision, resolved), source=str(data))
 
-
-def _load(model: str | Path, device, n_heads: int | None, quantize: str | None) -> GPTModel:
-    loaded = resolve_model(model, device=device, n_heads=n_heads).model
-    return loaded if quantize is None else quantize_model(loaded, quantize)

@@ -13,7 +13,6 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
-from gptrain.model.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
 
 
@@ -49,9 +48,7 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
-    if quantize is not None:
-        loaded = quantize_model(loaded, quantize)
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer).to(resolved)
     if idx.shape[1] == 0:
