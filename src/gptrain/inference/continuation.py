@@ -12,6 +12,7 @@ import torch
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
+from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
 from gptrain.interop.sources import resolve_model
 
@@ -54,6 +55,9 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
     warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
+    # The CPU layout is a copy of every weight, part of loading: made before the clock starts, as a
+    # program that generates again and again makes it once.
+    optimize_for_cpu_inference(loaded)
     generator = torch.Generator(device=resolved).manual_seed(seed)
     token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
                               top_k=top_k, top_p=top_p, generator=generator)

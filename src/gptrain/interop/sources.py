@@ -30,7 +30,7 @@ from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read
 from gptrain.interop.hub import gpt2_size, source_path
 from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
 from gptrain.model.config import GPTConfig, get_preset
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.quantize import check_quantization
 from gptrain.model.quantize import quantize as quantize_model
 from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
@@ -141,8 +141,7 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
         weights, cfg = _read(located, n_heads)
-        with torch.device("meta"):
-            model = GPTModel(cfg)
+        model = meta_model(cfg)
         assign_weights(model, weights, device)
         model.eval()
         origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
