@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_int8 import ceiling as int8_ceiling  # noqa: E402
 from common import book_model_from, hf_model_from, machine_description, random_gpt2_124m  # noqa: E402
 from llama_cpp_rows import (  # noqa: E402
     GGUF_FOR,
@@ -48,7 +49,6 @@ from llama_cpp_rows import (  # noqa: E402
 
 from gptrain import export_gguf, quantize, save_checkpoint  # noqa: E402
 from gptrain.inference.generate import generate  # noqa: E402
-from bench_int8 import ceiling as int8_ceiling  # noqa: E402
 
 SETTINGS = {"fp32-b1": ("fp32", 1), "bf16-b1": ("bf16", 1), "int8-b1": ("int8", 1),
             "fp32-b8": ("fp32", 8), "bf16-b8": ("bf16", 8)}
@@ -168,7 +168,7 @@ def in_process_rows(args, base, prompts, gguf: dict, threads: int) -> tuple[list
             run = runners(ours, book, hf, args.new_tokens)
             if not (setting == "fp32-b1" or args.book_everywhere):
                 del run["book generate_text_simple"]
-        run["gptrain generate"] = lambda idx: generate(ours, idx, args.new_tokens, ours.cfg.context_length)
+        run["gptrain generate"] = lambda idx, model=ours: generate(model, idx, args.new_tokens, model.cfg.context_length)
         if batch == 1 and gguf:
             kind = GGUF_FOR[precision]
             run[f"llama.cpp {kind}"] = llama_runner(llama_model(gguf[kind], threads), args.new_tokens)
