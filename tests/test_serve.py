@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import copy
 import http.client
 import json
 import math
@@ -20,7 +21,7 @@ import openai
 import pytest
 import torch
 
-from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, save_checkpoint
+from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, quantize, save_checkpoint
 from gptrain.cli import main
 from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence
 from gptrain.inference.generate import generate
@@ -617,3 +618,37 @@ def test_gptrain_serve_bad_settings_are_one_line_and_exit_2(checkpoint, capsys):
     ServeConfig(host="0.0.0.0", insecure_no_auth=True)
     assert main(["serve", "--checkpoint", str(checkpoint / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gptrain_serve_quantize_int8_gives_eight_concurrent_streams_what_each_gets_alone(checkpoint, reference):
+    process = subprocess.Popen([sys.executable, "-m", "gptrain", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+                                "--device", "cpu", "--quantize", "int8", "--max-batch", "8"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        assert found, line + process.stderr.read()
+        url = found.group(1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def streamed(stream) -> str:
+            return "".join(chunk.choices[0].text for chunk in stream)
+
+        def open_stream(prompt: str):
+            return client.completions.create(model="ckpt", prompt=prompt, max_tokens=48, temperature=0, stream=True)
+
+        alone = [streamed(open_stream(prompt)) for prompt in PROMPTS]
+        steps_alone = health(url)["steps"]
+        # Each stream is open (queued) before the next is asked for: eight sequences decode together.
+        streams = [open_stream(prompt) for prompt in PROMPTS]
+        with concurrent.futures.ThreadPoolExecutor(len(streams)) as pool:
+            together = list(pool.map(streamed, streams))
+        assert together == alone
+        decode_steps = 47 * len(PROMPTS)  # the prompt's pass gives each sequence its first token
+        assert steps_alone == decode_steps
+        assert health(url)["steps"] - steps_alone < decode_steps  # steps were shared
+        # The text of gptrain.quantize's model: the int8 weights, not the float ones, served.
+        assert alone == [expected_text(quantize(copy.deepcopy(reference)), prompt, 48) for prompt in PROMPTS]
+    finally:
+        process.kill()
+        process.wait()

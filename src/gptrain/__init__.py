@@ -19,7 +19,6 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.inference.quantize import quantize
 from gptrain.interop.gguf import export_gguf
 from gptrain.interop.hub import download_gpt2
 from gptrain.interop.pretrained import export_hf, inspect_loaded_model
@@ -36,6 +35,7 @@ from gptrain.model.gpt import (
 )
 from gptrain.model.lora import add_lora, export_peft_adapter, load_adapter, merge_lora, save_adapter
 from gptrain.model.loss import calc_loss_batch, calc_loss_loader, calc_loss_manual, calc_loss_pytorch, perplexity
+from gptrain.model.quantize import quantize
 from gptrain.reporting.report import write_report
 from gptrain.store.checkpoint import load_checkpoint, save_checkpoint
 from gptrain.training.book import evaluate_model, plot_losses, train_model_simple

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gptrain.cli.common import add_device_flag, add_model_flags
+from gptrain.cli.common import add_device_flag, add_model_flags, add_quantize_flag
 
 
 def add_parser(subparsers) -> None:
@@ -39,6 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=5.0,
                    help="seconds running requests get to finish after Ctrl-C or SIGTERM [5]")
     add_device_flag(p, name_default=True)
+    add_quantize_flag(p)
     p.set_defaults(handler=run)
 
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
                       model_name=args.model_name or "gptrain", max_batch=args.max_batch, max_queue=args.max_queue,
                       max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
-    source = resolve_model(args.model, device=resolve_device(args.device), n_heads=args.n_heads)
+    source = resolve_model(args.model, device=resolve_device(args.device), n_heads=args.n_heads,
+                           quantize=args.quantize)
     cfg = dataclasses.replace(cfg, template=source.template)
     if args.model_name is None:
         name = f"gpt2-{args.model}" if source.kind == GPT2_SIZE else Path(args.model).expanduser().resolve().name

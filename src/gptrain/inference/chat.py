@@ -21,7 +21,6 @@ from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
 from gptrain.inference.api_schema import APIError, CompletionRequest, StreamOptions
 from gptrain.inference.completions import Completion, CompletionService
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens
-from gptrain.inference.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
 from gptrain.model.gpt import unwrap_model
 
@@ -155,7 +154,6 @@ def open_chat(model: str, *, system: str | None = None, max_new_tokens: int = 25
     checked, and a base model refused, before its weights are loaded."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    source = resolve_model(model, device=resolved, n_heads=n_heads)
-    loaded = source.model if quantize is None else quantize_model(source.model, quantize)
-    return ChatSession(loaded, get_tokenizer(), source.template, name=str(model), system=system,
+    source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
+    return ChatSession(source.model, get_tokenizer(), source.template, name=str(model), system=system,
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

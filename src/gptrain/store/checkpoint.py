@@ -32,7 +32,7 @@ from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.tensorfile import save_tensors
 from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 from gptrain.model.config import GPTConfig
-from gptrain.model.gpt import GPTModel, unwrap_model
+from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
 from gptrain.store.integrity import read_verified, write_manifest
 from gptrain.store.layout import (
@@ -171,8 +171,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", wit
     path = resolve_checkpoint(path)
     config = read_checkpoint_config(path)
     cfg = GPTConfig.from_dict(config["model"])
-    with torch.device("meta"):
-        model = GPTModel(cfg)
+    model = meta_model(cfg)
     weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, device))
     load_state_into(model, weights, path / WEIGHTS_FILE)
     model.eval()

@@ -33,7 +33,7 @@ from gptrain.core.version import package_version
 from gptrain.data.corpus import TokenWindows
 from gptrain.data.tokenizer import get_tokenizer
 from gptrain.model.counts import parameter_counts
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.lora import add_lora
 from gptrain.reporting.metrics import MetricsLog
 from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
@@ -74,8 +74,7 @@ class PendingBest:
     def write(self, path: Path, train_config: dict[str, Any]) -> None:
         if self.training_state is None:
             return
-        with torch.device("meta"):
-            plain = GPTModel(self.cfg)
+        plain = meta_model(self.cfg)
         load_state_into(plain, dict(self.weights), "the best weights")
         save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
         self.training_state = None
