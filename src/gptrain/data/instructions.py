@@ -111,6 +111,15 @@ def split_records(records: Sequence[Any], seed: int, val_ratio: float, test_rati
     return shuffled[:n - test - val], shuffled[n - test - val:n - test], shuffled[n - test:]
 
 
+def check_records(records: Sequence[Any], template: str, where: str) -> None:
+    """Every record renders in ``template``; else one line naming the first bad record by its place in the file."""
+    for number, record in enumerate(records, 1):
+        try:
+            render_record(template, record)
+        except GptrainError as exc:
+            raise GptrainError(f"{where}, record {number}: {exc}") from None
+
+
 @dataclass
 class Example:
     """A record's tokens and, for each token, whether the loss learns it."""
@@ -219,5 +228,6 @@ def is_instruction_file(path: str | Path, text_field: str = "text") -> bool:
     return isinstance(record, dict) and text_field not in record and ("instruction" in record or "messages" in record)
 
 
-__all__ = ["IGNORE_INDEX", "InstructionDataset", "InstructionExamples", "custom_collate_fn", "default_template",
+__all__ = ["IGNORE_INDEX", "InstructionDataset", "InstructionExamples", "check_records", "custom_collate_fn",
+           "default_template",
            "is_instruction_file", "read_instruction_file", "split_records"]

@@ -7,7 +7,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from gptrain.data.instructions import InstructionExamples, default_template, read_instruction_file, split_records
+from gptrain.data.instructions import (
+    InstructionExamples,
+    check_records,
+    default_template,
+    read_instruction_file,
+    split_records,
+)
 from gptrain.training.config import TrainConfig
 
 TEST_RECORDS_FILE = "test.jsonl"  # in an instruction run's directory: its held-out records
@@ -19,11 +25,13 @@ def load_instructions(cfg: TrainConfig, context_length: int, tokenizer, echo: Ca
     ft = cfg.finetune
     records = read_instruction_file(cfg.data)
     template = ft.template or default_template(records)
+    check_records(records, template, cfg.data)
     if ft.val_data is None:
         train, val, test = split_records(records, cfg.seed, ft.val_ratio, ft.test_ratio)
     else:
-        train, _, test = split_records(records, cfg.seed, 0.0, ft.test_ratio)
         val = read_instruction_file(ft.val_data)
+        check_records(val, template, ft.val_data)
+        train, _, test = split_records(records, cfg.seed, 0.0, ft.test_ratio)
     made = {}
     for name, part, where in (("train", train, cfg.data), ("val", val, ft.val_data or cfg.data)):
         made[name] = InstructionExamples(part, tokenizer, template, context_length, mask_prompt=ft.mask_prompt,
