@@ -17,8 +17,16 @@ from llms_from_scratch import ch05, ch07
 import gptrain
 from gptrain import GPTConfig, GPTModel, load_checkpoint, save_checkpoint
 from gptrain.cli import main
-from gptrain.data.instructions import IGNORE_INDEX, InstructionExamples, split_records
-from gptrain.data.templates import ALPACA
+from gptrain.data.instructions import (
+    IGNORE_INDEX,
+    InstructionExamples,
+    default_template,
+    read_instruction_file,
+    split_records,
+)
+from gptrain.data.templates import ALPACA, CHAT
+from gptrain.training.config import recipe_text, resolve_train_config
+from gptrain.training.finetune_config import InstructConfig
 from gptrain.training.step import epoch_order
 
 ENTRIES = [
@@ -180,3 +188,24 @@ def test_a_base_model_where_a_template_is_required_is_one_line(instruct_run, tmp
     err = capsys.readouterr().err
     assert code == 2 and "is a base model" in err and err.count("\n") == 1
     assert not answers.exists()
+
+
+def test_a_runs_train_toml_keeps_its_finetune_section(tmp_path):
+    cfg = resolve_train_config({"init": "base", "data": "d.json", "finetune": {"template": "chat", "mask_prompt": False,
+                                                                              "val_ratio": 0.2}})
+    (tmp_path / "train.toml").write_text(recipe_text(cfg))
+    again = resolve_train_config({"finetune": {"batching": "plain"}}, config_file=tmp_path / "train.toml")
+    assert again.finetune == InstructConfig(template="chat", mask_prompt=False, val_ratio=0.2, batching="plain")
+    assert again.to_dict() == {**cfg.to_dict(), "finetune": {**cfg.to_dict()["finetune"], "batching": "plain"}}
+
+
+def test_chat_messages_in_json_lines_default_to_the_chat_template_and_learn_every_reply(tmp_path, tokenizer):
+    conversation = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                 {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]}
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(conversation) + "\n\n")
+    records = read_instruction_file(path)
+    assert records == [conversation] and default_template(records) == CHAT
+    _, targets = InstructionExamples(records, tokenizer, CHAT, 64).batch([0])
+    learned = targets[0][targets[0] != IGNORE_INDEX].tolist()
+    assert learned == tokenizer.encode("Hello.") + [50256] + tokenizer.encode("Goodbye.") + [50256]

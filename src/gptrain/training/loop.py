@@ -135,10 +135,11 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
             run.echo(f"Changed on resume: {name} {was!r} -> {now!r}")
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
-    ctx = run.raw_model.cfg.context_length
+    ctx = run.tokens_per_step // run.global_batch
+    per_sequence = str(ctx) if run.cfg.finetune is None else f"{ctx} (mean)"
     run.echo(f"Training {count_parameters(run.raw_model):,} parameters on {run.device} for {run.total_steps} steps "
              f"({run.steps_per_epoch} per epoch); global batch {run.global_batch} sequences = "
-             f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {ctx} per micro-batch, "
+             f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {per_sequence} per micro-batch, "
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {run.cfg.precision}")
 
 
