@@ -1,18 +1,21 @@
 """Instruction fine-tuning: the book's chapter 7 functions side by side with llms_from_scratch.ch07, the
 loss gptrain's loop takes, a tiny model taught eight answers end to end, the judge, and bad input."""
 
+import io
 import json
 import socket
 import threading
 import time
 from contextlib import contextmanager
 
+import openai
 import pytest
 import torch
 import uvicorn
 from conftest import INSTRUCTIONS
 from fastapi import FastAPI, Request
 from llms_from_scratch import ch05, ch07
+from test_serve import running_server
 
 import gptrain
 from gptrain import GPTConfig, GPTModel, load_checkpoint, save_checkpoint
@@ -209,3 +212,17 @@ def test_chat_messages_in_json_lines_default_to_the_chat_template_and_learn_ever
     _, targets = InstructionExamples(records, tokenizer, CHAT, 64).batch([0])
     learned = targets[0][targets[0] != IGNORE_INDEX].tolist()
     assert learned == tokenizer.encode("Hello.") + [50256] + tokenizer.encode("Goodbye.") + [50256]
+
+
+def test_the_fine_tuned_model_answers_through_chat_and_the_chat_endpoint(instruct_run, capsys, monkeypatch):
+    questions = [instruction for instruction, _ in INSTRUCTIONS[:3]]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n/reset\n".join(questions) + "\n"))
+    assert main(["chat", "--model", str(instruct_run), "--device", "cpu", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.splitlines() == [reply for _, reply in INSTRUCTIONS[:3]]
+
+    with running_server(instruct_run / "final", max_tokens=8, template=CHAT) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for instruction, reply in INSTRUCTIONS:
+            answer = client.chat.completions.create(model="tiny", temperature=0,
+                                                    messages=[{"role": "user", "content": instruction}])
+            assert answer.choices[0].message.content == reply and answer.choices[0].finish_reason == "stop"
