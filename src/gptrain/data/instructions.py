@@ -167,8 +167,9 @@ class InstructionExamples:
                     continue
             self.examples.append(example)
         if not self.examples:
-            raise GptrainError(f"{where} has no record with a reply inside the context of {context_length} tokens: "
-                               "give shorter records or a model with a longer context")
+            raise GptrainError(f"{where}: all {len(records)} record(s) leave no reply inside the context of "
+                               f"{context_length} tokens in the {template} template: give shorter records, a model "
+                               "with a longer context, or a shorter template")
         self.lengths = np.array([len(e.tokens) - 1 for e in self.examples])
 
     def __len__(self) -> int:
