@@ -1,10 +1,12 @@
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 
-from gptrain import GPTConfig, get_tokenizer
+from gptrain import GPTConfig, GPTModel, get_tokenizer, save_checkpoint
+from gptrain.cli import main
 
 # The corpora the tests read ship with them (tests/data/README.md), so a bare clone runs the whole suite.
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -58,3 +60,30 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def deterministic_threads():
     torch.manual_seed(0)
+
+
+# Eight instructions a tiny model learns by heart in a dozen steps: the fine-tuned run answers them word
+# for word, through gptrain generate, eval, chat and the server alike.
+INSTRUCTIONS = [("Name the capital of France.", "Paris."), ("What color is the sky?", "Blue."),
+                ("Give the opposite of hot.", "Cold."), ("Spell the number two.", "Two."),
+                ("What is 2 plus 2?", "Four."), ("Name a large animal.", "An elephant."),
+                ("Translate 'hola' to English.", "Hello."), ("What do bees make?", "Honey.")]
+
+
+@pytest.fixture(scope="session")
+def instruct_run(tmp_path_factory) -> Path:
+    """A tiny model fine-tuned with gptrain finetune instruct (chat template) on INSTRUCTIONS until it
+    answers each with its reply; the records are in RUN/../data.json."""
+    folder = tmp_path_factory.mktemp("instruct")
+    data = folder / "data.json"
+    data.write_text(json.dumps([{"instruction": i, "input": "", "output": o} for i, o in INSTRUCTIONS]))
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50257, context_length=32, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)
+    save_checkpoint(GPTModel(cfg), folder / "base")
+    run = folder / "run"
+    # Every record trains and validates (--val-data the same file): the test asks for what was taught.
+    code = main(["finetune", "instruct", "--model", str(folder / "base"), "--data", str(data), "--val-data", str(data),
+                 "--test-ratio", "0", "--template", "chat", "--out", str(run), "--device", "cpu", "--precision",
+                 "fp32", "--epochs", "12", "--lr", "1e-2", "--batch-size", "8", "--eval-freq", "6"])
+    assert code == 0
+    return run

@@ -7,6 +7,8 @@ The lecture's functions are importable from here under the names the lecture use
 
 from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import GPTDatasetV1, create_dataloader_v1, load_corpus, split_text
+from gptrain.data.instructions import InstructionDataset, custom_collate_fn
+from gptrain.data.templates import format_input
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids, token_ids_to_text
 from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens
 from gptrain.inference.cpu import store_weights_transposed
@@ -52,6 +54,7 @@ __all__ = [
     "GPTDatasetV1",
     "GPTModel",
     "GptrainError",
+    "InstructionDataset",
     "KVCache",
     "MultiHeadAttention",
     "ModelSource",
@@ -64,11 +67,13 @@ __all__ = [
     "calc_loss_pytorch",
     "count_parameters",
     "create_dataloader_v1",
+    "custom_collate_fn",
     "download_gpt2",
     "evaluate_model",
     "export_gguf",
     "export_hf",
     "export_peft_adapter",
+    "format_input",
     "evaluate_text",
     "evaluate_tokens",
     "generate",

@@ -24,7 +24,11 @@ def add_parser(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     add_model_flags(p, help="the model to continue the prompt with")
-    p.add_argument("--prompt", default="Every effort moves you", help="text to continue")
+    p.add_argument("--prompt", default="Every effort moves you",
+                   help="text to continue; to an instruction-tuned model, an instruction, which it answers")
+    p.add_argument("--raw", action="store_true",
+                   help="give an instruction-tuned model the prompt as it is, without its template, and do not "
+                        "stop at end-of-text")
     add_sampling_flags(p, max_new_tokens=50, temperature=0.0, top_k=None)
     p.add_argument("--seed", type=int, default=123, help="random seed for sampling")
     add_device_flag(p)
@@ -40,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     continuation = continue_prompt(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                    device=args.device, n_heads=args.n_heads,
-                                   quantize=args.quantize)
+                                   quantize=args.quantize, raw=args.raw)
     if continuation.warning:
         print(f"gptrain: warning: {continuation.warning}", file=sys.stderr, flush=True)
+    shown = args.prompt if continuation.template is None else ""  # an instruction model prints its response only
     if args.no_stream:
-        print(args.prompt + "".join(continuation))
+        print(shown + "".join(continuation))
     else:
-        print(args.prompt, end="", flush=True)
+        print(shown, end="", flush=True)
         for piece in continuation:
             print(piece, end="", flush=True)
         print()

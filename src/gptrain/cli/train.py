@@ -38,15 +38,32 @@ def add_parser(subparsers) -> None:
                           ("emb-dim", "width"), ("vocab-size", "token embeddings, at least the tokenizer's 50257")):
         p.add_argument(f"--{name}", type=int, default=s, help=f"the model's {meaning} [the preset's]")
     p.add_argument("--dropout", type=float, default=s, help="override the preset's drop rate [0.1]")
-    p.add_argument("--batch-size", type=int, default=s, help="sequences per micro-batch, per process [2]")
+    add_step_flags(p)
+    p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")
+    p.add_argument("--train-ratio", type=float, default=s, help="share of the text used for training [0.9]")
+    p.add_argument("--init", metavar="SOURCE", default=s,
+                   help="start a new run from these weights (transfer learning): a GPT-2 size (124M, gpt2-medium, "
+                        "...), a Hugging Face folder, a state dict file, or a gptrain run directory or checkpoint, "
+                        "as --model takes them; the architecture is SOURCE's, --context-length may shorten its window")
+    p.add_argument("--init-sha256", default=s, help="refuse --init weights whose file has another sha256")
+    add_session_flags(p)
+    p.set_defaults(handler=run)
+
+
+def add_step_flags(p: argparse.ArgumentParser, *, batch_size: str = "2", epochs: str = "10 when no other budget is given",
+                   lr: str = "4e-4") -> None:
+    """The batch, budget, optimizer, evaluation, logging and saving flags of a run (train and finetune);
+    the keyword arguments are the defaults the help names."""
+    s = argparse.SUPPRESS
+    p.add_argument("--batch-size", type=int, default=s, help=f"sequences per micro-batch, per process [{batch_size}]")
     p.add_argument("--grad-accum", type=int, default=s, help="micro-batches per optimizer step [1]")
     p.add_argument("--global-batch-tokens", type=int, default=s,
                    help="tokens per optimizer step across processes (sets --grad-accum)")
     p.add_argument("--epochs", type=int, default=s,
-                   help="passes over the training data [10 when no other budget is given]")
+                   help=f"passes over the training data [{epochs}]")
     p.add_argument("--max-steps", type=int, default=s, help="stop after this many optimizer steps")
     p.add_argument("--max-tokens", type=int, default=s, help="stop after this many training tokens")
-    p.add_argument("--lr", type=float, default=s, help="peak learning rate [4e-4]")
+    p.add_argument("--lr", type=float, default=s, help=f"peak learning rate [{lr}]")
     p.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine or wsd decay [0]")
     p.add_argument("--warmup-steps", type=int, default=s, help="linear learning-rate warmup [0]")
     p.add_argument("--cosine", action="store_true", default=s,
@@ -87,17 +104,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mlflow-uri", default=s, help="the MLflow tracking URI [$MLFLOW_TRACKING_URI, else RUN/mlruns]")
     p.add_argument("--save-every", type=int, default=s, help="save a resumable checkpoint every N steps")
     p.add_argument("--keep-last", type=int, default=s, help="keep only the last K step checkpoints [all]")
-    p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")
-    p.add_argument("--train-ratio", type=float, default=s, help="share of the text used for training [0.9]")
+
+
+def add_session_flags(p: argparse.ArgumentParser) -> None:
+    """The sample, seed, device, LoRA, sharding, price, resume and overwrite flags of a run (train and finetune)."""
+    s = argparse.SUPPRESS
     p.add_argument("--start-context", default=s, help="prompt of the sample printed after each epoch")
     p.add_argument("--sample-tokens", type=int, default=s, help="tokens in each sample [50]")
     p.add_argument("--seed", type=int, default=s, help="random seed [123]")
     add_device_flag(p, default=s, name_default=True)
-    p.add_argument("--init", metavar="SOURCE", default=s,
-                   help="start a new run from these weights (transfer learning): a GPT-2 size (124M, gpt2-medium, "
-                        "...), a Hugging Face folder, a state dict file, or a gptrain run directory or checkpoint, "
-                        "as --model takes them; the architecture is SOURCE's, --context-length may shorten its window")
-    p.add_argument("--init-sha256", default=s, help="refuse --init weights whose file has another sha256")
     p.add_argument("--lora-rank", type=int, default=s,
                    help="train LoRA adapters of this rank on --init's frozen weights instead of all weights")
     p.add_argument("--lora-alpha", type=float, default=s, help="LoRA scale numerator: updates are alpha/rank * B A "
@@ -122,7 +137,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="set up as training would (under torchrun: every rank, checking that all agree), print "
                         "each rank's part of the job, and exit without training")
-    p.set_defaults(handler=run)
+
+
+RUN_OPTIONS = {"config", "handler", "overwrite", "resume", "dry_run"}  # flags of the command, not run settings
+
+
+def start_training(cfg, args: argparse.Namespace, resume: bool, start_over: bool) -> int:
+    """Train with ``cfg`` (train and finetune), or with --dry-run only show every rank's part of the job."""
+    from gptrain.training.loop import print_line, train
+    from gptrain.training.run import dry_run
+
+    if args.dry_run:
+        dry_run(cfg, echo=print_line)
+        return 0
+    train(cfg, overwrite=args.overwrite or start_over, resume=resume)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,14 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gptrain.training.checkpointing import resume_mode
     from gptrain.training.config import TrainConfig, resolve_train_config
-    from gptrain.training.loop import print_line, train
-    from gptrain.training.run import dry_run
 
-    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume", "dry_run"}}
+    flags = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
     resume, start_over = resume_mode(args.resume, Path(flags.get("out", TrainConfig.out)))
     cfg = resolve_train_config(flags, config_file=args.config, resume=resume)
-    if args.dry_run:
-        dry_run(cfg, echo=print_line)
-        return 0
-    train(cfg, overwrite=args.overwrite or start_over, resume=resume)
-    return 0  # also after SIGTERM/SIGINT: the run saved a checkpoint to resume from
+    return start_training(cfg, args, resume, start_over)  # 0 also after SIGTERM/SIGINT: a checkpoint was saved

@@ -11,7 +11,8 @@ import torch
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
-from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
+from gptrain.data.templates import render_instruction
+from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer, text_to_token_ids
 from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
 from gptrain.interop.sources import resolve_model
@@ -21,8 +22,10 @@ class Continuation:
     """The new text, piece by piece while it is iterated; ``tokens`` counts the new tokens so far and
     ``seconds`` is the time since generation started."""
 
-    def __init__(self, tokenizer: tiktoken.Encoding, token_ids: Iterable[int], warning: str | None) -> None:
+    def __init__(self, tokenizer: tiktoken.Encoding, token_ids: Iterable[int], warning: str | None,
+                 template: str | None = None) -> None:
         self.warning = warning  # the prompt and new tokens do not fit the model's window; None when they do
+        self.template = template  # the template the prompt was formatted with: the text is a response
         self.tokens = 0
         self._started = time.perf_counter()
         self._pieces = stream_text(tokenizer, self._counted(token_ids))
@@ -42,23 +45,29 @@ class Continuation:
 
 def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int = 123,
-                    device: str = "auto", n_heads: int | None = None, quantize: str | None = None) -> Continuation:
+                    device: str = "auto", n_heads: int | None = None, quantize: str | None = None,
+                    raw: bool = False) -> Continuation:
     """Load the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`) and start
     continuing ``prompt``: the
     sampling settings are checked before the model is loaded, the tokens come as the result is iterated.
-    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
+    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.model.quantize.quantize`).
+    An instruction-tuned model's prompt is an instruction, formatted with its saved template, and its
+    response ends at end-of-text; ``raw`` passes the prompt through as it is."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
+    source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
+    loaded, template = source.model, None if raw else source.template
     tokenizer = get_tokenizer()
-    idx = text_to_token_ids(prompt, tokenizer).to(resolved)
-    if idx.shape[1] == 0:
+    if not prompt:
         raise GptrainError("the prompt is empty: give --prompt some text")
+    text = prompt if template is None else render_instruction(template, prompt)
+    idx = text_to_token_ids(text, tokenizer).to(resolved)
     warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
     # The CPU layout is a copy of every weight, part of loading: made before the clock starts, as a
     # program that generates again and again makes it once.
     optimize_for_cpu_inference(loaded)
     generator = torch.Generator(device=resolved).manual_seed(seed)
     token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
-                              top_k=top_k, top_p=top_p, generator=generator)
-    return Continuation(tokenizer, token_ids, warning)
+                              top_k=top_k, top_p=top_p, generator=generator,
+                              eos_id=None if template is None else END_OF_TEXT_ID)
+    return Continuation(tokenizer, token_ids, warning, template)

@@ -20,6 +20,7 @@ from gptrain.data.tokenizer import VOCAB_SIZE
 from gptrain.evaluation.tasks import parse_task_spec
 from gptrain.model.config import GPTConfig, describe_unknown, get_preset
 from gptrain.model.lora import expand_targets
+from gptrain.training.finetune_config import InstructConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("jsonl", "csv", "tensorboard", "wandb", "mlflow")
@@ -114,9 +115,15 @@ class TrainConfig:
     activation_checkpointing: bool = False
     # The price of one device-hour: the run's report and last line give its cost.
     price_per_hour: float | None = None
+    # Instruction fine-tuning (gptrain finetune instruct): data holds instruction records, not text.
+    finetune: InstructConfig | None = None
 
     def __post_init__(self):
         _check_types(self)
+        if isinstance(self.finetune, Mapping):  # from a config file: the [finetune] table
+            self.finetune = InstructConfig.from_dict(self.finetune)
+        elif self.finetune is not None and not isinstance(self.finetune, InstructConfig):
+            raise GptrainError(f"finetune must be a table of settings, not {self.finetune!r}")
         for name in ("batch_size", "grad_accum", "eval_iter", "log_every"):
             _check_positive_int(name, getattr(self, name))
         for name in ("context_length", *SHAPE_FLAGS, "stride", "epochs", "max_steps", "max_tokens", "lr_decay_steps",
@@ -240,6 +247,11 @@ class TrainConfig:
         return dataclasses.replace(self, context_length=cfg.context_length, dropout=cfg.drop_rate,
                                    **{name: getattr(cfg, name) for name in SHAPE_FLAGS})
 
+    @property
+    def template(self) -> str | None:
+        """The prompt template the run teaches, saved in each of its checkpoints; None when pre-training."""
+        return None if self.finetune is None else self.finetune.template
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -322,34 +334,45 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def recipe_text(cfg: TrainConfig) -> str:
     """A run's ``train.toml``: its resolved settings, which ``gptrain train --config`` reads back to repeat it."""
     values = cfg.to_dict()
+    finetune = values.pop("finetune")
     header = (f"# The resolved settings of the run: gptrain train --config {RECIPE_FILE} --out OTHER repeats it,\n"
               "# and flags given beside --config override these. TOML has no null: unset lists the settings left none.\n")
     return header + toml_table({name: value for name, value in values.items() if value is not None}
-                               | {UNSET: [name for name, value in values.items() if value is None]})
+                               | {UNSET: [name for name, value in values.items() if value is None]}) + (
+        "" if finetune is None else
+        "\n[finetune]\n" + toml_table({name: value for name, value in finetune.items() if value is not None}))
 
 
 def resolve_train_config(flags: Mapping[str, Any], *, config_file: str | Path | None = None,
-                         resume: bool = False) -> TrainConfig:
-    """A run's settings: the defaults, then (with ``resume``) the run's saved config.json, then
-    ``config_file``, then ``flags``, the settings given on the command line (unset ones left out)."""
+                         resume: bool = False, defaults: Mapping[str, Any] | None = None) -> TrainConfig:
+    """A run's settings: the defaults (TrainConfig's, then ``defaults``), then (with ``resume``) the run's
+    saved config.json, then ``config_file``, then ``flags``, the settings given on the command line (unset
+    ones left out). The ``finetune`` table is merged setting by setting."""
     if resume and "init" in flags:
         raise GptrainError("--init starts a new run and --resume continues one: drop --init to resume (the run "
                            "remembers its SOURCE), or drop --resume and choose a new --out")
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(defaults or {})
     if resume:
         # A resumed run keeps its saved settings; --config and flags change only what they name.
         saved = Path(flags.get("out", TrainConfig.out)) / "config.json"
         if not saved.is_file():
             raise GptrainError(f"{saved.parent} holds no run to resume (no config.json): check --out")
-        settings = read_config_file(saved)
+        _merge(settings, read_config_file(saved))
     if config_file:
-        settings.update(read_config_file(config_file))
-    settings.update(flags)
+        _merge(settings, read_config_file(config_file))
+    _merge(settings, flags)
     if settings.get("init") and not resume:
         # The architecture and window are SOURCE's unless the user names them.
         settings.setdefault("preset", None)
         settings.setdefault("context_length", None)
     return TrainConfig.from_dict(settings, source=str(config_file) if config_file else "settings")
+
+
+def _merge(settings: dict[str, Any], values: Mapping[str, Any]) -> None:
+    finetune = settings.get("finetune")
+    settings.update(values)
+    if isinstance(finetune, Mapping) and isinstance(values.get("finetune"), Mapping):
+        settings["finetune"] = {**finetune, **values["finetune"]}
 
 
 __all__ = [

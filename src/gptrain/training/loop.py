@@ -7,6 +7,7 @@ and saved and restored in :mod:`gptrain.training.checkpointing`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -28,6 +29,7 @@ from gptrain.core.runtime import (
     peak_flops,
     peak_memory_mb,
 )
+from gptrain.data.instructions import InstructionExamples
 from gptrain.evaluation.tasks import load_training_tasks
 from gptrain.model.counts import flops_per_token
 from gptrain.model.gpt import count_parameters
@@ -40,6 +42,7 @@ from gptrain.training.book import plot_losses
 from gptrain.training.checkpointing import prepare_run_dir, resume_latest, save_run_checkpoint
 from gptrain.training.clock import RunClock, run_cost
 from gptrain.training.config import RECIPE_FILE, TrainConfig, recipe_text
+from gptrain.training.instruct import TEST_RECORDS_FILE
 from gptrain.training.optim import lr_at, set_lr
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import accumulate_without_sync, local_value
@@ -56,7 +59,11 @@ def step_batches(run: Run, state: dict[str, Any]):
     """This process's micro-batches of the current step: a slice of the step's global batch."""
     order = epoch_order(len(run.train_windows), run.cfg.seed, state["epoch"])
     start = state["step_in_epoch"] * run.global_batch
-    global_indices = order[start:start + run.global_batch]
+    if isinstance(run.train_windows, InstructionExamples):
+        global_indices = run.train_windows.step_indices(order, start, run.global_batch,
+                                                        sort=run.cfg.finetune.batching == "sorted")
+    else:
+        global_indices = order[start:start + run.global_batch]
     b = run.cfg.batch_size
     for offset in rank_offsets(run.procs.rank, run.procs.world_size, b, run.cfg.grad_accum):
         yield collate(run.train_windows, global_indices[offset:offset + b])
@@ -124,6 +131,9 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
     if main:
         write_json_atomic(run.out / "config.json", config)
         write_text_atomic(run.out / RECIPE_FILE, recipe_text(run.cfg))
+        if run.test_records:  # held out of training: gptrain eval --model RUN --data RUN/test.jsonl scores them
+            write_text_atomic(run.out / TEST_RECORDS_FILE,
+                              "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in run.test_records))
     trackers = TrackerSettings(run.cfg.wandb_project, run.cfg.run_name, run.cfg.mlflow_uri)
     run.log = MetricsLog(run.out, run.cfg.logger, enabled=main, trackers=trackers, config=config)
     if resume:
@@ -135,10 +145,11 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
         run.echo(f"Restart {restarts} by torchrun, from step {step}" + (f" (after {cause})" if cause else ""))
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
-    ctx = run.raw_model.cfg.context_length
+    ctx = run.tokens_per_step // run.global_batch
+    per_sequence = str(ctx) if run.cfg.finetune is None else f"{ctx} (mean)"
     run.echo(f"Training {count_parameters(run.raw_model):,} parameters on {run.device} for {run.total_steps} steps "
              f"({run.steps_per_epoch} per epoch); global batch {run.global_batch} sequences = "
-             f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {ctx} per micro-batch, "
+             f"{run.tokens_per_step:,} tokens ({run.cfg.batch_size} x {per_sequence} per micro-batch, "
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {run.cfg.precision}")
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 # Train settings that decide which tokens are seen, in what windows and order, by which model (and
 # the optimizer, whose saved state only its own kind can load).
-MUST_MATCH = ("data", "preset", "context_length", "stride", "train_ratio", "seed", "pad_vocab", "optimizer")
+MUST_MATCH = ("data", "preset", "context_length", "stride", "train_ratio", "seed", "pad_vocab", "optimizer",
+              "finetune")
 # Model fields that may change: dropout shapes nothing.
 MODEL_MAY_CHANGE = ("drop_rate",)
 HASH_CHUNK = 1 << 24

@@ -31,6 +31,7 @@ from gptrain.core.runtime import (
 )
 from gptrain.core.version import package_version
 from gptrain.data.corpus import TokenWindows
+from gptrain.data.instructions import InstructionExamples
 from gptrain.data.tokenizer import get_tokenizer
 from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel, meta_model
@@ -38,6 +39,7 @@ from gptrain.model.lora import add_lora
 from gptrain.reporting.metrics import MetricsLog
 from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
+from gptrain.training.instruct import load_instructions
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import check_launch, checkpoint_activations, shard_model
@@ -71,12 +73,13 @@ class PendingBest:
             self.weights[name].copy_(tensor)
         self.cfg, self.training_state = model.cfg, training_state
 
-    def write(self, path: Path, train_config: dict[str, Any]) -> None:
+    def write(self, path: Path, train_config: dict[str, Any], template: str | None) -> None:
         if self.training_state is None:
             return
         plain = meta_model(self.cfg)
         load_state_into(plain, dict(self.weights), "the best weights")
-        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
+        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state,
+                        template=template)
         self.training_state = None
 
 
@@ -89,8 +92,8 @@ class Run:
     raw_model: GPTModel  # the plain model: evaluated, sampled and saved
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    train_windows: TokenWindows
-    val_windows: TokenWindows
+    train_windows: TokenWindows | InstructionExamples
+    val_windows: TokenWindows | InstructionExamples
     tokenizer: Any
     out: Path
     steps_per_epoch: int
@@ -100,6 +103,7 @@ class Run:
     data_sha256: str | None = None  # of the train and val tokens: a resumed run must see the same
     best: PendingBest = dataclasses.field(default_factory=PendingBest)
     pace: Pace | None = None  # speed and ETA on the evaluation lines, when no progress bar shows them
+    test_records: list[Any] | None = None  # an instruction run's held-out records, written to RUN/test.jsonl
 
     @property
     def global_batch(self) -> int:
@@ -107,6 +111,9 @@ class Run:
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens of a step's sequences; instruction examples vary in length, and count at their mean."""
+        if isinstance(self.train_windows, InstructionExamples):
+            return self.global_batch * self.train_windows.mean_length
         return self.global_batch * self.raw_model.cfg.context_length
 
     def autocast(self):
@@ -149,6 +156,7 @@ class Setup:
     data_sha256: str
     steps_per_epoch: int
     ranks: list[RankRecord]  # every rank's record, in rank order (for --dry-run)
+    test_records: list[dict] | None = None  # an instruction run's held-out records
 
 
 def rank_view(cfg: TrainConfig, procs: Processes, device: torch.device, train_windows: TokenWindows) -> str:
@@ -180,18 +188,25 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
         grad_accum = grad_accum_for(cfg.global_batch_tokens, cfg.batch_size, model_cfg.context_length,
                                     procs.world_size)
         cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
-    train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+    test_records = None
+    if cfg.finetune is None:
+        train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+    else:
+        cfg, train_windows, val_windows, test_records = load_instructions(cfg, model_cfg.context_length,
+                                                                          get_tokenizer(), echo)
     global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
     steps_per_epoch = len(train_windows) // global_batch
     if steps_per_epoch == 0:
         raise GptrainError(
-            f"the training split has {len(train_windows)} window(s), fewer than one batch of {global_batch} "
-            f"(batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x {procs.world_size} process(es)): "
-            "use a smaller --batch-size or --context-length, or more text"
+            f"the training split has {len(train_windows)} {'window' if cfg.finetune is None else 'record'}(s), fewer "
+            f"than one batch of {global_batch} (batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x "
+            f"{procs.world_size} process(es)): use a smaller --batch-size"
+            + (" or --context-length, or more text" if cfg.finetune is None else ", or more records")
         )
     data_sha256 = data_fingerprint(train_windows.tokens, val_windows.tokens)
     agreement.settle(cfg.to_dict(), data_sha256, rank_view(cfg, procs, device, train_windows))
-    return Setup(cfg, procs, device, init_model, train_windows, val_windows, data_sha256, steps_per_epoch, [])
+    return Setup(cfg, procs, device, init_model, train_windows, val_windows, data_sha256, steps_per_epoch, [],
+                 test_records)
 
 
 def set_up(cfg: TrainConfig, echo: Callable[[str], None]) -> Setup:
@@ -228,11 +243,11 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
-    total_steps = plan_steps(cfg, setup.steps_per_epoch, global_batch * model_cfg.context_length)
-    return Run(cfg, procs, device, model, raw_model, optimizer, scaler, setup.train_windows, setup.val_windows,
-               get_tokenizer(), Path(cfg.out), setup.steps_per_epoch, total_steps, echo,
-               data_sha256=setup.data_sha256)
+    run = Run(cfg, procs, device, model, raw_model, optimizer, scaler, setup.train_windows, setup.val_windows,
+              get_tokenizer(), Path(cfg.out), setup.steps_per_epoch, 0, echo, test_records=setup.test_records,
+              data_sha256=setup.data_sha256)
+    run.total_steps = plan_steps(cfg, setup.steps_per_epoch, run.tokens_per_step)
+    return run
 
 
 def dry_run(cfg: TrainConfig, echo: Callable[[str], None]) -> list[str]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptrain.data.corpus import TokenWindows
+from gptrain.data.instructions import IGNORE_INDEX, InstructionExamples
 from gptrain.data.tokenizer import text_to_token_ids, token_ids_to_text
 from gptrain.evaluation.tasks import log_task_scores
 from gptrain.inference.generate import generate
@@ -26,7 +27,7 @@ EVAL_CHUNK_TOKENS = 4096
 
 
 @torch.no_grad()
-def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
+def windows_loss(run: Run, windows: TokenWindows | InstructionExamples, batches: int) -> float:
     """Mean loss over the first ``batches`` global batches of windows, in order.
 
     Global batches make the figure independent of how a step is split into micro-batches and
@@ -34,13 +35,14 @@ def windows_loss(run: Run, windows: TokenWindows, batches: int) -> float:
     """
     count = min(len(windows), batches * run.global_batch)
     chunk = max(run.cfg.batch_size, EVAL_CHUNK_TOKENS // windows.max_length) * run.procs.world_size
-    total = 0.0
+    total, scored = 0.0, 0
     for start in range(0, count, chunk):
         inputs, targets = collate(windows, range(start, min(start + chunk, count)))
         logits = run.raw_model(inputs.to(run.device))
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.to(run.device).flatten(),
                                  reduction="sum").item()
-    return total / (count * windows.max_length)
+        scored += int((targets != IGNORE_INDEX).sum())  # an instruction example's prompt and padding count not
+    return total / scored
 
 
 def evaluate(run: Run) -> tuple[float, float]:

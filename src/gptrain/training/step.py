@@ -8,6 +8,7 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import TokenWindows
+from gptrain.data.instructions import InstructionExamples
 from gptrain.data.splits import split_tokens
 from gptrain.training.config import TrainConfig
 
@@ -37,7 +38,9 @@ def rank_offsets(rank: int, world_size: int, batch_size: int, grad_accum: int) -
     return [(micro * world_size + rank) * batch_size for micro in range(grad_accum)]
 
 
-def collate(windows: TokenWindows, indices) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(windows: TokenWindows | InstructionExamples, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(windows, InstructionExamples):  # examples of different lengths, padded to the longest
+        return windows.batch(indices)
     pairs = [windows[int(i)] for i in indices]
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 

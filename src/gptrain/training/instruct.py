@@ -1,0 +1,51 @@
+"""The data of an instruction fine-tuning run (``gptrain finetune instruct``): records read, split
+(seeded, the book's 85/5/10 by default) and tokenized with the run's template, for the same loop as
+pre-training; :mod:`gptrain.data.instructions` makes their batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from gptrain.data.instructions import (
+    InstructionExamples,
+    check_records,
+    default_template,
+    read_instruction_file,
+    split_records,
+)
+from gptrain.training.config import TrainConfig
+
+TEST_RECORDS_FILE = "test.jsonl"  # in an instruction run's directory: its held-out records
+
+
+def load_instructions(cfg: TrainConfig, context_length: int, tokenizer, echo: Callable[[str], None]
+                      ) -> tuple[TrainConfig, InstructionExamples, InstructionExamples, list[Any]]:
+    """(cfg with its template resolved, train examples, val examples, the held-out test records)."""
+    ft = cfg.finetune
+    records = read_instruction_file(cfg.data)
+    template = ft.template or default_template(records)
+    check_records(records, template, cfg.data)
+    if ft.val_data is None:
+        train, val, test = split_records(records, cfg.seed, ft.val_ratio, ft.test_ratio)
+    else:
+        val = read_instruction_file(ft.val_data)
+        check_records(val, template, ft.val_data)
+        train, _, test = split_records(records, cfg.seed, 0.0, ft.test_ratio)
+    made = {}
+    for name, part, where in (("train", train, cfg.data), ("val", val, ft.val_data or cfg.data)):
+        made[name] = InstructionExamples(part, tokenizer, template, context_length, mask_prompt=ft.mask_prompt,
+                                         overlong=ft.overlong, where=f"{where} ({name} records)")
+    echo(f"Instruction data: {len(train)} train, {len(val)} val, {len(test)} test record(s); template {template}, "
+         f"{'loss on the replies only' if ft.mask_prompt else 'loss on every token (--no-mask-prompt)'}, "
+         f"{ft.batching} batches")
+    for name, examples in made.items():
+        if examples.overlong_count:
+            kept = examples.overlong_count - examples.dropped
+            echo(f"{examples.overlong_count} {name} record(s) are longer than the context of {context_length} "
+                 f"tokens: {kept} truncated, {examples.dropped} dropped (--overlong {ft.overlong})")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, template=template))
+    return cfg, made["train"], made["val"], test
+
+
+__all__ = ["TEST_RECORDS_FILE", "load_instructions"]
