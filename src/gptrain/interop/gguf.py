@@ -52,7 +52,7 @@ def check_gguf_model(model: nn.Module) -> GPTModel:
         raise GptrainError("the model's weights are not plain float tensors (quantized with gptrain.quantize?): "
                            "export the float model; GGUF has its own q8_0")
     rows = model.out_head.weight.shape[0]
-    if rows < cfg.vocab_size or model.out_head.weight.shape[1] != cfg.emb_dim:
+    if rows != cfg.vocab_size or model.out_head.weight.shape[1] != cfg.emb_dim:
         raise GptrainError(f"the model's output head has {rows} outputs, not one per token of its {cfg.vocab_size}-token "
                            "vocabulary (a classifier?): llama.cpp runs language models only; export the model "
                            "before its head was replaced")
@@ -68,7 +68,7 @@ def gguf_tensors(model: GPTModel) -> dict[str, torch.Tensor]:
     names = gguf.TENSOR_NAMES
     tensor = gguf.MODEL_TENSOR
     cfg = model.cfg
-    ours = {name: t.detach().cpu() for name, t in weights_state_dict(model).items()}  # LoRA merged, padding cut
+    ours = {name: t.detach().cpu() for name, t in weights_state_dict(model).items()}  # LoRA merged
     zero_bias = torch.zeros(cfg.emb_dim, dtype=ours["tok_emb.weight"].dtype)
     out = {
         f"{names[tensor.TOKEN_EMBD]}.weight": ours["tok_emb.weight"],
