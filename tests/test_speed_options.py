@@ -10,6 +10,7 @@ import torch
 
 from gptrain import GPTModel, TrainConfig, count_parameters, generate, load_checkpoint, save_checkpoint, train
 from gptrain.model.vocab_padding import pad_vocab
+from gptrain.store.integrity import write_manifest
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -84,3 +85,26 @@ def test_keeping_freed_memory_changes_no_number(tmp_path, story_page):
         assert out.returncode == 0, out.stderr
         losses.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert losses[0] == losses[1]
+
+
+def test_a_run_saved_with_padded_optimizer_states_resumes_exactly(tmp_path, story_page):
+    """Runs that padded the vocabulary in the parameters saved 50,304-row head and embedding states
+    (the parameters now keep the vocabulary's rows): such a run still resumes, and continues as it
+    would have (fused AdamW reads the states' first rows; the padded ones were zero)."""
+    def run(name, steps, **extra):
+        return train(TrainConfig(data=str(story_page), out=str(tmp_path / name), preset="tiny", context_length=32,
+                                 batch_size=4, max_steps=steps, eval_freq=2, eval_iter=1, device="cpu",
+                                 sample_tokens=0, precision="fp32", dropout=0.0, pad_vocab=True), echo=lambda line: None,
+                     **extra)
+    straight = run("straight", 4)
+    run("parted", 2)
+    for state_file in (tmp_path / "parted").rglob("training_state.pt"):
+        saved = torch.load(state_file, weights_only=True)
+        for state in saved.get("optimizer", {"state": {}})["state"].values():
+            for key, value in state.items():
+                if value.dim() and value.shape[0] == 50257:
+                    state[key] = torch.cat([value, value.new_zeros(50304 - 50257, *value.shape[1:])])
+        torch.save(saved, state_file)
+        write_manifest(state_file.parent)
+    resumed = run("parted", 4, resume=True)
+    assert resumed["train_losses"][-1] == straight["train_losses"][-1]
