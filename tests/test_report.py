@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from gptrain.core import files as files_module
 from gptrain.reporting import report as report_module
 from gptrain.cli import main
 from gptrain.model.config import GPTConfig
@@ -165,7 +166,7 @@ def test_the_report_is_replaced_atomically(run_dir, tmp_path, monkeypatch):
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_module.os, "replace", full_disk)
+    monkeypatch.setattr(files_module.os, "replace", full_disk)
     with pytest.raises(report_module.GptrainError, match="cannot write .*report.html: No space left on device"):
         write_report(run)
     assert (run / "report.html").read_text() == "the previous report"

@@ -12,7 +12,6 @@ matrix whose rows are not a multiple of 32 wide is written as f16.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.files import atomic_path
 from gptrain.core.oserrors import reason_and_fix
 from gptrain.data.tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, gpt2_vocab_and_merges
 from gptrain.interop.sources import load_gpt2
@@ -176,23 +176,19 @@ def export_gguf(source: nn.Module | str | Path, out_file: str | Path, *, dtype: 
     tensors = gguf_tensors(model)
     name = name or (Path(source).expanduser().resolve().name if not isinstance(source, nn.Module) else "gptrain")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, ARCH)
     try:
-        _add_metadata(writer, gguf, model.cfg, dtype, name)
-        for tensor_name, tensor in tensors.items():
-            data, kind = _stored(gguf, tensor_name, tensor, dtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb+") as written:  # on disk before the rename makes it the file
-            os.fsync(written.fileno())
-        os.replace(tmp, out_file)
+        with atomic_path(out_file) as tmp:
+            writer = gguf.GGUFWriter(tmp, ARCH)
+            try:
+                _add_metadata(writer, gguf, model.cfg, dtype, name)
+                for tensor_name, tensor in tensors.items():
+                    data, kind = _stored(gguf, tensor_name, tensor, dtype)
+                    writer.add_tensor(tensor_name, data, raw_dtype=kind)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
     except OSError as exc:
         raise GptrainError(f"cannot write {out_file}: {reason_and_fix(exc)}") from None
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
     return out_file
