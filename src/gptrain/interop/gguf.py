@@ -21,7 +21,7 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import atomic_path
-from gptrain.core.oserrors import reason_and_fix
+from gptrain.core.oserrors import file_above, reason_and_fix
 from gptrain.data.tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, gpt2_vocab_and_merges
 from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel, unwrap_model
@@ -144,11 +144,8 @@ def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str) -> No
 def _check_target(out_file: Path, source: Any, overwrite: bool) -> None:
     if out_file.is_dir():
         raise GptrainError(f"{out_file} is a folder: give a file path such as {out_file / 'model.gguf'}")
-    for parent in out_file.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise GptrainError(f"{out_file} lies under {parent}, which is a file: choose another output path")
-            break
+    if (blocker := file_above(out_file)) is not None:
+        raise GptrainError(f"{out_file} lies under {blocker}, which is a file: choose another output path")
     if not isinstance(source, nn.Module) and out_file.resolve() == Path(source).expanduser().resolve():
         raise GptrainError(f"{out_file} is the model being exported: choose another output path")
     if out_file.exists() and not overwrite:
