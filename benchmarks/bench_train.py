@@ -32,12 +32,12 @@ from common import (  # noqa: E402
 )
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
-from gptrain.model.gpt import GPTModel
-from gptrain.model.vocab_padding import pad_vocab
 from gptrain.core.runtime import peak_flops, retain_freed_memory
 from gptrain.model.counts import flops_per_token
-from gptrain.training.step import forward_backward
+from gptrain.model.gpt import GPTModel
+from gptrain.model.vocab_padding import pad_vocab
 from gptrain.training.optim import make_optimizer
+from gptrain.training.step import forward_backward
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

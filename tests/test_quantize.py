@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import gptrain
-from gptrain import GPTModel, GptrainError, add_lora, evaluate_tokens, generate, split_text
+from gptrain import (
+    GPTModel,
+    GptrainError,
+    add_lora,
+    evaluate_tokens,
+    generate,
+    split_text,
+)
 from gptrain.inference.quantize import (
     Int8Embedding,
     Int8Linear,

@@ -19,8 +19,8 @@ from gptrain import TrainConfig, load_checkpoint, train
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import atomic_path
-from gptrain.store.integrity import MANIFEST_FILE, verify_path
 from gptrain.data.prepare import prepare
+from gptrain.store.integrity import MANIFEST_FILE, verify_path
 from gptrain.training.runlock import LOCK_FILE, RunLock, locks_run_dir
 
 

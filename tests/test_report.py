@@ -9,11 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from gptrain.core import files as files_module
-from gptrain.reporting import report as report_module
 from gptrain.cli import main
+from gptrain.core import files as files_module
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, count_parameters
+from gptrain.reporting import report as report_module
 from gptrain.reporting.report import sample_html, write_report
 from gptrain.reporting.runs import read_run, summarize
 

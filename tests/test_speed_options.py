@@ -8,7 +8,15 @@ import sys
 import pytest
 import torch
 
-from gptrain import GPTModel, TrainConfig, count_parameters, generate, load_checkpoint, save_checkpoint, train
+from gptrain import (
+    GPTModel,
+    TrainConfig,
+    count_parameters,
+    generate,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 from gptrain.model.vocab_padding import pad_vocab
 from gptrain.store.integrity import write_manifest
 

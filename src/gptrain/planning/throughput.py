@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from gptrain.core.runtime import PAD_VOCAB_MULTIPLE, autocast_context, pads_vocab, prepare_device
+from gptrain.core.runtime import (
+    PAD_VOCAB_MULTIPLE,
+    autocast_context,
+    pads_vocab,
+    prepare_device,
+)
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel
 from gptrain.model.vocab_padding import pad_vocab

@@ -25,7 +25,12 @@ from torch.utils.checkpoint import checkpoint
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES
 from gptrain.model.gpt import GPTModel
-from gptrain.store.checkpoint import OPTIMIZER_DIR, WEIGHTS_FILE, load_state_into, read_weights
+from gptrain.store.checkpoint import (
+    OPTIMIZER_DIR,
+    WEIGHTS_FILE,
+    load_state_into,
+    read_weights,
+)
 
 # FSDP, DTensor and the distributed checkpoint are imported where they are used: importing them
 # takes 1.2 s on a 2-core CPU, which every gptrain command would pay without using them.
@@ -177,7 +182,10 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
     re-shards the states to the current layout.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
 
     folder = path / OPTIMIZER_DIR
     if not (folder / ".metadata").is_file():

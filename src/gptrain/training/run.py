@@ -34,7 +34,11 @@ from gptrain.model.gpt import GPTModel
 from gptrain.model.lora import add_lora
 from gptrain.model.vocab_padding import pad_vocab
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
+from gptrain.store.checkpoint import (
+    load_state_into,
+    save_checkpoint,
+    weights_state_dict,
+)
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
