@@ -32,11 +32,12 @@ from common import (  # noqa: E402
 )
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
-from gptrain.model.gpt import GPTModel
 from gptrain.core.runtime import peak_flops, retain_freed_memory
 from gptrain.model.counts import flops_per_token
-from gptrain.training.step import forward_backward
+from gptrain.model.gpt import GPTModel
+from gptrain.model.vocab_padding import pad_vocab
 from gptrain.training.optim import make_optimizer
+from gptrain.training.step import forward_backward
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -117,7 +118,7 @@ def main() -> None:
     if "hf" in args.impl:
         models["hf"] = hf_model_from(ours)
     if args.pad_vocab == "on" or (args.pad_vocab == "auto" and device.type == "cuda"):
-        ours.pad_vocab(64)
+        pad_vocab(ours, 64)
     train_cfg = TrainConfig(lr=4e-4, weight_decay=0.1)
     steps, optimizers = {}, {}
     for name in args.impl:
@@ -148,7 +149,7 @@ def main() -> None:
     print(machine_description(device))
     print(f"{args.preset} at context {args.context}, batch {args.batch} ({tokens_per_step} tokens/step, "
           f"{step_flops / 1e9:.0f} GFLOP/step), {args.precision}, {torch.get_num_threads()} threads, "
-          f"matmul peak {peak / 1e9:.0f} GFLOP/s, malloc {args.malloc}, vocab rows {ours.out_head.weight.shape[0]}")
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s, malloc {args.malloc}, vocab rows {getattr(ours.out_head, 'rows', cfg.vocab_size)}")
 
     eval_losses = {}  # same weights, same batch: these agree when the models are the same function
     for name in args.impl:

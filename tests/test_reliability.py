@@ -18,8 +18,9 @@ import pytest
 from gptrain import TrainConfig, load_checkpoint, train
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
-from gptrain.store.integrity import MANIFEST_FILE, verify_path
+from gptrain.core.files import atomic_path
 from gptrain.data.prepare import prepare
+from gptrain.store.integrity import MANIFEST_FILE, verify_path
 from gptrain.training.runlock import LOCK_FILE, RunLock, locks_run_dir
 
 
@@ -173,6 +174,19 @@ def test_disk_full(capsys, ctx, tmp_path, command):
         leftovers = [p.name for p in full.rglob("*") if ".tmp" in p.name]
     assert "No space left on device" in line or "cannot write" in line, line
     assert not leftovers  # no half-written file is left behind
+
+
+def test_a_file_written_through_atomic_path_is_whole_or_absent(tmp_path):
+    path = tmp_path / "loss.pdf"
+    path.write_text("old")
+    with pytest.raises(OSError, match="No space"), atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".pdf"  # matplotlib reads the format from it
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["loss.pdf"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["loss.pdf"]
 
 
 def test_eval_unreadable_and_odd_data(capsys, run_dir, spots, tmp_path):

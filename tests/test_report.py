@@ -9,10 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from gptrain.reporting import report as report_module
 from gptrain.cli import main
+from gptrain.core import files as files_module
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, count_parameters
+from gptrain.reporting import report as report_module
 from gptrain.reporting.report import sample_html, write_report
 from gptrain.reporting.runs import read_run, summarize
 
@@ -165,7 +166,7 @@ def test_the_report_is_replaced_atomically(run_dir, tmp_path, monkeypatch):
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_module.os, "replace", full_disk)
+    monkeypatch.setattr(files_module.os, "replace", full_disk)
     with pytest.raises(report_module.GptrainError, match="cannot write .*report.html: No space left on device"):
         write_report(run)
     assert (run / "report.html").read_text() == "the previous report"

@@ -8,7 +8,17 @@ import sys
 import pytest
 import torch
 
-from gptrain import GPTModel, TrainConfig, count_parameters, generate, load_checkpoint, save_checkpoint, train
+from gptrain import (
+    GPTModel,
+    TrainConfig,
+    count_parameters,
+    generate,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+from gptrain.model.vocab_padding import pad_vocab
+from gptrain.store.integrity import write_manifest
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -20,8 +30,8 @@ def test_padded_vocabulary_changes_neither_outputs_nor_state(tiny_cfg, tied):
     with torch.no_grad():
         before = model(x)
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.pad_vocab(64)
-    assert model.out_head.weight.shape[0] == 50304 and (model.tok_emb.weight.shape[0] == 50304) == tied
+    pad_vocab(model, 64)
+    assert model.out_head.rows == 50304 and (model.out_head.weight is model.tok_emb.weight) == tied
     with torch.no_grad():
         after = model(x)
     assert after.shape == before.shape
@@ -30,9 +40,10 @@ def test_padded_vocabulary_changes_neither_outputs_nor_state(tiny_cfg, tied):
     assert state.keys() == state_before.keys()
     assert all(torch.equal(state[k], v) for k, v in state_before.items())
     assert count_parameters(model) == count_parameters(GPTModel(cfg))
-    fresh = GPTModel(cfg).pad_vocab(64)
+    fresh = pad_vocab(GPTModel(cfg), 64)
     fresh.load_state_dict(state_before)  # an unpadded state dict loads into a padded model
-    assert torch.equal(fresh.out_head.weight[cfg.vocab_size:], torch.zeros(50304 - cfg.vocab_size, cfg.emb_dim))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), before, atol=1e-6, rtol=1e-6)
     idx = torch.tensor([[1, 2, 3]])
     assert torch.equal(generate(model, idx, 8, cfg.context_length),
                        generate(_unpadded_copy(cfg, state_before), idx, 8, cfg.context_length))
@@ -61,7 +72,7 @@ def test_padded_training_keeps_the_losses_and_writes_unpadded_checkpoints(tmp_pa
 def test_saving_a_padded_model_gives_the_unpadded_checkpoint(tmp_path, tiny_cfg):
     model = GPTModel(tiny_cfg)
     save_checkpoint(model, tmp_path / "plain")
-    save_checkpoint(model.pad_vocab(64), tmp_path / "padded")
+    save_checkpoint(pad_vocab(model, 64), tmp_path / "padded")
     assert (tmp_path / "plain" / "model.safetensors").read_bytes() == (tmp_path / "padded" / "model.safetensors").read_bytes()
 
 
@@ -82,3 +93,26 @@ def test_keeping_freed_memory_changes_no_number(tmp_path, story_page):
         assert out.returncode == 0, out.stderr
         losses.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert losses[0] == losses[1]
+
+
+def test_a_run_saved_with_padded_optimizer_states_resumes_exactly(tmp_path, story_page):
+    """Runs that padded the vocabulary in the parameters saved 50,304-row head and embedding states
+    (the parameters now keep the vocabulary's rows): such a run still resumes, and continues as it
+    would have (fused AdamW reads the states' first rows; the padded ones were zero)."""
+    def run(name, steps, **extra):
+        return train(TrainConfig(data=str(story_page), out=str(tmp_path / name), preset="tiny", context_length=32,
+                                 batch_size=4, max_steps=steps, eval_freq=2, eval_iter=1, device="cpu",
+                                 sample_tokens=0, precision="fp32", dropout=0.0, pad_vocab=True), echo=lambda line: None,
+                     **extra)
+    straight = run("straight", 4)
+    run("parted", 2)
+    for state_file in (tmp_path / "parted").rglob("training_state.pt"):
+        saved = torch.load(state_file, weights_only=True)
+        for state in saved.get("optimizer", {"state": {}})["state"].values():
+            for key, value in state.items():
+                if value.dim() and value.shape[0] == 50257:
+                    state[key] = torch.cat([value, value.new_zeros(50304 - 50257, *value.shape[1:])])
+        torch.save(saved, state_file)
+        write_manifest(state_file.parent)
+    resumed = run("parted", 4, resume=True)
+    assert resumed["train_losses"][-1] == straight["train_losses"][-1]

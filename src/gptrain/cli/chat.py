@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gptrain.cli.common import (
-    DefaultsHelpFormatter,
+    add_command,
     add_device_flag,
     add_model_flags,
     add_quantize_flag,
@@ -17,12 +17,11 @@ COMMANDS_HELP = "an empty line is skipped, /reset forgets the conversation, /exi
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "chat", help="chat with an instruction-tuned model in the terminal",
+    p = add_command(
+        subparsers, "chat", help="chat with an instruction-tuned model in the terminal",
         description="Chat with a model fine-tuned by `gptrain finetune instruct`: each line you type is a user "
                     "turn, formatted with the template the model was taught, and the reply streams back until "
                     f"the model ends it. Lines may also come from a pipe; {COMMANDS_HELP}.",
-        formatter_class=DefaultsHelpFormatter,
     )
     add_model_flags(p, help="the instruction-tuned model to chat with")
     p.add_argument("--system", default=None, help="a system text that opens the conversation")

@@ -25,6 +25,11 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_command(subparsers, name: str, help: str, description: str | None = None) -> Parser:
+    """A command's parser, with the help formatter every command shares."""
+    return subparsers.add_parser(name, help=help, description=description, formatter_class=DefaultsHelpFormatter)
+
+
 def package_version() -> str:
     from gptrain.core import version
 
@@ -64,8 +69,8 @@ def add_sampling_flags(p: argparse.ArgumentParser, *, max_new_tokens: int, tempe
 
 
 def add_device_flag(p: argparse.ArgumentParser, *, default: str = "auto", name_default: bool = False) -> None:
-    """--device; ``name_default`` writes "[auto]" into the help, for parsers whose formatter does not
-    add the default (and for train, whose flags default to the config's value)."""
+    """--device; ``name_default`` writes "[auto]" into the help, for commands whose flags name their
+    defaults in [brackets] (and for train, whose flags default to the config's value)."""
     p.add_argument("--device", default=default, help=DEVICE_HELP + (" [auto]" if name_default else ""))
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from gptrain.cli.common import DefaultsHelpFormatter, add_model_flags, add_precision_flag
+from gptrain.cli.common import add_command, add_model_flags, add_precision_flag
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "estimate", help="what a training run costs: parameters, FLOPs, time, money, energy, memory",
+    p = add_command(
+        subparsers, "estimate", help="what a training run costs: parameters, FLOPs, time, money, energy, memory",
         description="Estimate a pre-training run before starting it: parameter counts, FLOPs per token, step "
                     "and run, wall time, device-hours, cost and energy on a table of GPUs (or this CPU), memory "
                     "per device and the largest micro-batch that fits, and the compute-optimal token count "
                     "(20 per parameter). See docs/economics.md.",
-        formatter_class=DefaultsHelpFormatter,
     )
     model = p.add_mutually_exclusive_group()
     model.add_argument("--preset", default=None, help="model size: tiny, 124M, 355M, 774M, 1558M [124M]")

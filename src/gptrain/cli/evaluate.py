@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gptrain.cli.common import (
+    add_command,
     add_device_flag,
     add_model_flags,
     add_precision_flag,
@@ -17,8 +18,8 @@ from gptrain.core.errors import GptrainError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval", help="measure a model's cross-entropy, perplexity and bits per byte on a text",
+    p = add_command(
+        subparsers, "eval", help="measure a model's cross-entropy, perplexity and bits per byte on a text",
         description="Score every token of a text with a model, in sliding windows: windows of --context-length "
                     "tokens start every --stride tokens and each scores its last --stride predictions (the first "
                     "window all of them), so every token is scored once with at least context - stride + 1 tokens "

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gptrain.cli.common import (
-    DefaultsHelpFormatter,
+    add_command,
     add_device_flag,
     add_model_flags,
     add_quantize_flag,
@@ -15,13 +15,12 @@ from gptrain.cli.common import (
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "generate", help="continue a prompt with a model",
+    p = add_command(
+        subparsers, "generate", help="continue a prompt with a model",
         description="Continue a prompt with a model, printing the text as it is produced and the speed "
                     "(tokens/s) on stderr at the end. Temperature 0 is greedy; otherwise the next token is sampled "
                     "from the softmax of logits/temperature, restricted to the top-k tokens and then to the top-p "
                     "nucleus.",
-        formatter_class=DefaultsHelpFormatter,
     )
     add_model_flags(p, help="the model to continue the prompt with")
     p.add_argument("--prompt", default="Every effort moves you",

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import argparse
 
-from gptrain.cli.common import DefaultsHelpFormatter, Parser, add_device_flag, add_model_flags, print_help
+from gptrain.cli.common import (
+    Parser,
+    add_command,
+    add_device_flag,
+    add_model_flags,
+    print_help,
+)
 from gptrain.core.errors import GptrainError
 
 
 def add_parser(subparsers) -> None:
     from gptrain.lecture import lab
 
-    p = subparsers.add_parser(
-        "lab", help="the lecture's sampling exercises: temperature, multinomial, loss, sweep",
+    p = add_command(
+        subparsers, "lab", help="the lecture's sampling exercises: temperature, multinomial, loss, sweep",
         description="The lecture's hands-on exercises on sampling and loss, with its numbers as defaults.",
     )
     labs = p.add_subparsers(title="labs", metavar="LAB", parser_class=Parser)
-    defaults = DefaultsHelpFormatter
 
-    t = labs.add_parser("temperature", help="softmax of logits at several temperatures", formatter_class=defaults,
-                        description="Print softmax(logits / T) for each temperature T, as a table.")
+    t = add_command(labs, "temperature", help="softmax of logits at several temperatures",
+                    description="Print softmax(logits / T) for each temperature T, as a table.")
     t.add_argument("--logits", type=float, nargs="+", default=list(lab.LECTURE_LOGITS), help="the logits")
     t.add_argument("--temperatures", type=float, nargs="+", default=list(lab.LECTURE_TEMPERATURES),
                    help="temperatures (0 puts all the probability on the largest logit)")
     t.add_argument("--names", nargs="+", default=None, help="a name for each logit [token 0, token 1, ...]")
     t.set_defaults(handler=run_temperature)
 
-    m = labs.add_parser("multinomial", help="draw samples and compare observed with expected frequencies",
-                        formatter_class=defaults,
-                        description="Draw --samples outcomes from a distribution with torch.multinomial and print "
-                                    "how often each came up against its probability. The default is the lecture's "
-                                    "weather: sunny 0.5, rainy 0.3, cloudy 0.2.")
+    m = add_command(labs, "multinomial", help="draw samples and compare observed with expected frequencies",
+                    description="Draw --samples outcomes from a distribution with torch.multinomial and print "
+                                "how often each came up against its probability. The default is the lecture's "
+                                "weather: sunny 0.5, rainy 0.3, cloudy 0.2.")
     m.add_argument("--probs", nargs="+", default=None, metavar="P",
                    help="the distribution, by spaces or commas [0.5 0.3 0.2]")
     m.add_argument("--names", nargs="+", default=None, help="a name for each outcome [sunny rainy cloudy]")
@@ -38,12 +42,12 @@ def add_parser(subparsers) -> None:
     m.add_argument("--seed", type=int, default=123, help="random seed (the same seed gives the same counts)")
     m.set_defaults(handler=run_multinomial)
 
-    lo = labs.add_parser("loss", help="cross-entropy -ln P(target) per row and its batch average",
-                         description="Cross-entropy of rows of probabilities (or logits) against a target each. "
-                                     "The default is the lecture's exercise, 'The cat sat on the ___': "
-                                     "P(mat)=0.6, P(floor)=0.2, P(chair)=0.1, P(table)=0.1, and the discussion "
-                                     "question P(mat)=0.1. Example: gptrain lab loss --probs 0.6,0.2,0.1,0.1 "
-                                     "--probs 0.3,0.3,0.2,0.2 --target 0")
+    lo = add_command(labs, "loss", help="cross-entropy -ln P(target) per row and its batch average",
+                     description="Cross-entropy of rows of probabilities (or logits) against a target each. "
+                                 "The default is the lecture's exercise, 'The cat sat on the ___': "
+                                 "P(mat)=0.6, P(floor)=0.2, P(chair)=0.1, P(table)=0.1, and the discussion "
+                                 "question P(mat)=0.1. Example: gptrain lab loss --probs 0.6,0.2,0.1,0.1 "
+                                 "--probs 0.3,0.3,0.2,0.2 --target 0")
     rows = lo.add_mutually_exclusive_group()
     rows.add_argument("--probs", action="append", nargs="+", metavar="P",
                       help="a row of probabilities, by commas or spaces (repeat for a batch)")
@@ -53,10 +57,9 @@ def add_parser(subparsers) -> None:
     lo.add_argument("--names", nargs="+", default=None, help="a name for each column [token 0, token 1, ...]")
     lo.set_defaults(handler=run_loss)
 
-    w = labs.add_parser("sweep", help="one prompt under a grid of temperatures and top-k values",
-                        formatter_class=defaults,
-                        description="Continue one prompt with a model under each TEMPERATURE/TOP_K cell of a grid "
-                                    "(the lecture's four combinations by default), each cell with the same seed.")
+    w = add_command(labs, "sweep", help="one prompt under a grid of temperatures and top-k values",
+                    description="Continue one prompt with a model under each TEMPERATURE/TOP_K cell of a grid "
+                                "(the lecture's four combinations by default), each cell with the same seed.")
     add_model_flags(w, help="the model to sample from")
     w.add_argument("--prompt", default=lab.SWEEP_PROMPT, help="text to continue")
     w.add_argument("--grid", nargs="+", default=[f"{t:g}/{k}" for t, k in lab.SWEEP_GRID],

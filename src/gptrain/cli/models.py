@@ -8,7 +8,7 @@ import shutil
 
 from gptrain.cli.common import (
     SOURCE_HELP,
-    DefaultsHelpFormatter,
+    add_command,
     add_device_flag,
     add_model_flags,
     add_quantize_flag,
@@ -18,20 +18,19 @@ from gptrain.core.errors import GptrainError
 
 
 def add_download_gpt2_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "download-gpt2", help="download OpenAI's pretrained GPT-2 weights into the cache",
+    p = add_command(
+        subparsers, "download-gpt2", help="download OpenAI's pretrained GPT-2 weights into the cache",
         description="Download config.json and model.safetensors of OpenAI's GPT-2 from the Hugging Face hub "
                     "(or $GPTRAIN_HF_ENDPOINT) into the cache, resuming a partial download and checking size "
                     "and sha256.",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--size", default="124M", help="124M, 355M, 774M or 1558M (or gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     p.set_defaults(handler=run_download_gpt2)
 
 
 def add_export_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="write a model as a Hugging Face GPT-2 folder or a GGUF file for llama.cpp",
+    p = add_command(
+        subparsers, "export", help="write a model as a Hugging Face GPT-2 folder or a GGUF file for llama.cpp",
         description="--format hf (the default) writes config.json, model.safetensors and the GPT-2 tokenizer "
                     "files, which transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained "
                     "read; --format gguf writes one GGUF file (llama.cpp's GPT-2 graph and tokenizer) that "
@@ -39,16 +38,16 @@ def add_export_parser(subparsers) -> None:
     )
     add_model_flags(p, help="the model to export")
     p.add_argument("--out", required=True, help="folder (hf) or file (gguf) to write")
-    p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write: hf (the default) or gguf")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write: hf or gguf")
     p.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default=None,
-                   help="the GGUF file's weights: f32 (default), f16 or q8_0 (8-bit blocks); gguf only")
+                   help="the GGUF file's weights: f32, f16 or q8_0 (8-bit blocks); gguf only [f32]")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=run_export)
 
 
 def add_info_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "info", help="summarise a checkpoint or GPT-2 weights",
+    p = add_command(
+        subparsers, "info", help="summarise a checkpoint or GPT-2 weights",
         description="Load a model and print its embeddings, blocks, parameter counts and config.",
     )
     p.add_argument("path", metavar="SOURCE", nargs="?", default=None, help="the same as --model SOURCE")
@@ -60,11 +59,10 @@ def add_info_parser(subparsers) -> None:
 
 
 def add_compare_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compare", help="continue a prompt with a random, a trained and a pretrained model",
+    p = add_command(
+        subparsers, "compare", help="continue a prompt with a random, a trained and a pretrained model",
         description="The lecture's before/after activity: the continuations of a randomly initialised model, "
                     "a trained checkpoint and pretrained weights, with the same prompt, seed and sampling.",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--prompt", required=True, help="text to continue")
     # --pretrained named the second model before --baseline did: it stays its alias.

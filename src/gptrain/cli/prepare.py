@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptrain.cli.common import DefaultsHelpFormatter, add_text_field_flag
+from gptrain.cli.common import add_command, add_text_field_flag
 from gptrain.core.errors import GptrainError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
+    p = add_command(
+        subparsers, "prepare", help="tokenize a corpus into train.bin/val.bin shards for training",
         description="Tokenize text into uint16 token files (uint32 for vocabularies over 65,536) that "
                     "`gptrain train --data DIR` reads through a memory map. Inputs are files, folders and glob "
                     "patterns of .txt and .md files, JSON lines (.jsonl, .jsonl.gz, .jsonl.zst), .csv, .parquet and .arrow files, and folders written by "
                     "datasets' save_to_disk; each text file (or record) is a document, followed by "
                     "<|endoftext|>. The corpus is streamed and tokenized in parallel processes.",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or glob pattern")
     p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from gptrain.cli.common import add_command
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="write report.html for a run, or one overlaying several runs",
+    p = add_command(
+        subparsers, "report", help="write report.html for a run, or one overlaying several runs",
         description="Write a self-contained HTML page (plots embedded, nothing fetched from the network) from "
                     "a run directory's metrics.jsonl and config.json: losses against steps and tokens, learning "
                     "rate, tokens/s, the train-val gap, the samples, final metrics and the full config. With one "

@@ -6,12 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from gptrain.cli.common import add_device_flag, add_model_flags, add_quantize_flag
+from gptrain.cli.common import add_command, add_device_flag, add_model_flags, add_quantize_flag
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve", help="serve a model over the OpenAI completions and chat APIs, with a playground page",
+    p = add_command(
+        subparsers, "serve",
+        help="serve a model over the OpenAI completions and chat APIs, with a playground page",
         description="Serve a model over HTTP: the OpenAI completions API (GET /v1/models, POST /v1/completions, "
                     "streamed or not; POST /v1/chat/completions for an instruction-tuned model), GET /health, and a "
                     "playground page at /. Concurrent requests share forward passes (continuous batching). Ctrl-C or "

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from gptrain.cli.common import DefaultsHelpFormatter, Parser, add_text_field_flag
+from gptrain.cli.common import Parser, add_command, add_text_field_flag
 
 
 def add_parser(subparsers) -> None:
-    group = subparsers.add_parser("tokenizer", help="train your own BPE tokenizer, inspect it, compare tokenizers")
+    group = add_command(subparsers, "tokenizer", help="train your own BPE tokenizer, inspect it, compare tokenizers")
     commands = group.add_subparsers(title="tokenizer commands", metavar="COMMAND", parser_class=Parser)
-    p = commands.add_parser(
-        "train", help="train a byte-level BPE tokenizer on a corpus",
+    p = add_command(
+        commands, "train", help="train a byte-level BPE tokenizer on a corpus",
         description="Train a byte-level BPE (GPT-2's design, with <|endoftext|>) on the corpus, streamed from disk, "
                     "and write DIR/tokenizer.json, which gptrain prepare --tokenizer and transformers' "
                     "AutoTokenizer.from_pretrained(DIR) read.",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("corpus", nargs="+", metavar="CORPUS", help="file, folder or glob pattern, as gptrain prepare reads")
     p.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, bytes and specials included")
@@ -25,10 +24,10 @@ def add_parser(subparsers) -> None:
     add_text_field_flag(p)
     p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
     p.set_defaults(handler=run_train)
-    p = commands.add_parser("info", help="vocabulary size, special tokens and pattern of a trained tokenizer")
+    p = add_command(commands, "info", help="vocabulary size, special tokens and pattern of a trained tokenizer")
     p.add_argument("folder", metavar="DIR", help="a folder written by gptrain tokenizer train")
     p.set_defaults(handler=run_info)
-    p = commands.add_parser("compare", help="vocabulary size and bytes per token of tokenizers on a corpus")
+    p = add_command(commands, "compare", help="vocabulary size and bytes per token of tokenizers on a corpus")
     p.add_argument("corpus", nargs="+", metavar="CORPUS", help="file, folder or glob pattern")
     p.add_argument("--tokenizer", action="append", dest="tokenizers", metavar="DIR|gpt2",
                    help="a trained tokenizer's folder or gpt2; repeat to compare several [gpt2]")

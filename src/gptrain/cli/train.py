@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from gptrain.cli.common import DefaultsHelpFormatter, add_device_flag, add_precision_flag, add_text_field_flag
+from gptrain.cli.common import (
+    add_command,
+    add_device_flag,
+    add_precision_flag,
+    add_text_field_flag,
+)
 
 
 def _optional_float(text: str) -> float | None:
@@ -16,12 +21,11 @@ def _optional_float(text: str) -> float | None:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="pre-train a model (default: the lecture's run on the-verdict)",
+    p = add_command(
+        subparsers, "train", help="pre-train a model (default: the lecture's run on the-verdict)",
         description="Pre-train a GPT model. With no flags it runs the lecture: the 124M architecture at "
                     "context 256 on the-verdict.txt for 10 epochs, AdamW lr 4e-4, weight decay 0.1, batch 2, "
                     "evaluating every 5 steps on 5 batches, seed 123.",
-        formatter_class=DefaultsHelpFormatter,
     )
     s = argparse.SUPPRESS  # unset flags leave the config file's (or the default) value alone
     p.add_argument("--config", help="TOML or JSON file of settings (flag names with _ for -), such as a run's "

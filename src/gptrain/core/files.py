@@ -1,5 +1,5 @@
-"""Files that are whole or absent: atomic JSON writes, fsync, and staged folders swapped in
-by one rename, so a crash never leaves a half-written checkpoint or export.
+"""Files that are whole or absent: files written under a temporary name and renamed, fsync, and
+staged folders swapped in by one rename, so a crash never leaves a half-written checkpoint or export.
 """
 
 from __future__ import annotations
@@ -23,18 +23,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write one file to. When the block ends, the file is
+    flushed to disk and renamed to ``path`` in one step; if the block fails, it is removed and
+    ``path`` is left as it was. The temporary name ends in ``path``'s suffix, from which some
+    writers (matplotlib) take the format."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

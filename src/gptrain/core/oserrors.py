@@ -58,14 +58,17 @@ def wrapped_os_error(exc: BaseException) -> OSError | None:
     return OSError(code, os.strerror(code))
 
 
+def file_above(path: Path) -> Path | None:
+    """The nearest existing path above ``path`` when it is a file, under which nothing can be made."""
+    parent = next((parent for parent in path.parents if parent.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Refuse, before any work, an output folder that is a file or lies under one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise GptrainError(f"{flag} {path} is a file, not a folder: choose another {flag}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise GptrainError(f"{flag} {path} lies under {parent}, which is a file: choose another {flag}")
-            break
+    if (blocker := file_above(path)) is not None:
+        raise GptrainError(f"{flag} {path} lies under {blocker}, which is a file: choose another {flag}")
     return path

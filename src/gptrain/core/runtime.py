@@ -84,7 +84,7 @@ PAD_VOCAB_MULTIPLE = 64
 
 
 def pads_vocab(device: torch.device) -> bool:
-    """Whether a model on ``device`` pads its vocabulary (``GPTModel.pad_vocab``) unless told: on CUDA,
+    """Whether a model on ``device`` pads its vocabulary (``gptrain.model.vocab_padding``) unless told: on CUDA,
     whose matrix units work in tiles that a 50,257-row head leaves ragged."""
     return device.type == "cuda"
 

@@ -86,12 +86,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """The fields of OpenAI's completion request that gptrain uses; others (penalties, ``user``, ...) are ignored."""
+class SamplingRequest(BaseModel):
+    """The fields that OpenAI's completion and chat completion requests share."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -99,10 +98,16 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = None
-    echo: bool | None = None
-    logprobs: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    """The fields of OpenAI's completion request that gptrain uses; others (penalties, ``user``, ...) are ignored."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
 
 

@@ -18,7 +18,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.templates import render_prompt
 from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
-from gptrain.inference.api_schema import APIError, CompletionRequest, StreamOptions
+from gptrain.inference.api_schema import APIError, CompletionRequest, SamplingRequest
 from gptrain.inference.completions import Completion, CompletionService
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens
 from gptrain.interop.sources import resolve_model
@@ -34,23 +34,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(SamplingRequest):
     """The fields of OpenAI's chat completion request that gptrain uses; others are ignored."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
-    model: str | None = None
     messages: list[ChatMessage]
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int | None = None
     logprobs: bool | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
 
 
 def completion_request(chat: ChatCompletionRequest, service: CompletionService) -> CompletionRequest:

@@ -12,7 +12,6 @@ matrix whose rows are not a multiple of 32 wide is written as f16.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import torch
 from torch import nn
 
 from gptrain.core.errors import GptrainError
-from gptrain.core.oserrors import reason_and_fix
+from gptrain.core.files import atomic_path
+from gptrain.core.oserrors import file_above, reason_and_fix
 from gptrain.data.tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, gpt2_vocab_and_merges
 from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel, unwrap_model
@@ -52,7 +52,7 @@ def check_gguf_model(model: nn.Module) -> GPTModel:
         raise GptrainError("the model's weights are not plain float tensors (quantized with gptrain.quantize?): "
                            "export the float model; GGUF has its own q8_0")
     rows = model.out_head.weight.shape[0]
-    if rows < cfg.vocab_size or model.out_head.weight.shape[1] != cfg.emb_dim:
+    if rows != cfg.vocab_size or model.out_head.weight.shape[1] != cfg.emb_dim:
         raise GptrainError(f"the model's output head has {rows} outputs, not one per token of its {cfg.vocab_size}-token "
                            "vocabulary (a classifier?): llama.cpp runs language models only; export the model "
                            "before its head was replaced")
@@ -68,7 +68,7 @@ def gguf_tensors(model: GPTModel) -> dict[str, torch.Tensor]:
     names = gguf.TENSOR_NAMES
     tensor = gguf.MODEL_TENSOR
     cfg = model.cfg
-    ours = {name: t.detach().cpu() for name, t in weights_state_dict(model).items()}  # LoRA merged, padding cut
+    ours = {name: t.detach().cpu() for name, t in weights_state_dict(model).items()}  # LoRA merged
     zero_bias = torch.zeros(cfg.emb_dim, dtype=ours["tok_emb.weight"].dtype)
     out = {
         f"{names[tensor.TOKEN_EMBD]}.weight": ours["tok_emb.weight"],
@@ -144,11 +144,8 @@ def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str) -> No
 def _check_target(out_file: Path, source: Any, overwrite: bool) -> None:
     if out_file.is_dir():
         raise GptrainError(f"{out_file} is a folder: give a file path such as {out_file / 'model.gguf'}")
-    for parent in out_file.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise GptrainError(f"{out_file} lies under {parent}, which is a file: choose another output path")
-            break
+    if (blocker := file_above(out_file)) is not None:
+        raise GptrainError(f"{out_file} lies under {blocker}, which is a file: choose another output path")
     if not isinstance(source, nn.Module) and out_file.resolve() == Path(source).expanduser().resolve():
         raise GptrainError(f"{out_file} is the model being exported: choose another output path")
     if out_file.exists() and not overwrite:
@@ -176,23 +173,19 @@ def export_gguf(source: nn.Module | str | Path, out_file: str | Path, *, dtype: 
     tensors = gguf_tensors(model)
     name = name or (Path(source).expanduser().resolve().name if not isinstance(source, nn.Module) else "gptrain")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, ARCH)
     try:
-        _add_metadata(writer, gguf, model.cfg, dtype, name)
-        for tensor_name, tensor in tensors.items():
-            data, kind = _stored(gguf, tensor_name, tensor, dtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb+") as written:  # on disk before the rename makes it the file
-            os.fsync(written.fileno())
-        os.replace(tmp, out_file)
+        with atomic_path(out_file) as tmp:
+            writer = gguf.GGUFWriter(tmp, ARCH)
+            try:
+                _add_metadata(writer, gguf, model.cfg, dtype, name)
+                for tensor_name, tensor in tensors.items():
+                    data, kind = _stored(gguf, tensor_name, tensor, dtype)
+                    writer.add_tensor(tensor_name, data, raw_dtype=kind)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
     except OSError as exc:
         raise GptrainError(f"cannot write {out_file}: {reason_and_fix(exc)}") from None
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
     return out_file

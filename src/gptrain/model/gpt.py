@@ -205,47 +205,7 @@ class GPTModel(nn.Module):
             x = x[:, -1:]
         if logits_at is not None:
             x = x.flatten(0, 1)[logits_at]
-        logits = self.out_head(self.final_norm(x))
-        return logits[..., :self.cfg.vocab_size] if logits.shape[-1] != self.cfg.vocab_size else logits
-
-    def pad_vocab(self, multiple: int = 64) -> "GPTModel":
-        """Give the output head (and a tied embedding) zero rows up to a multiple of ``multiple``.
-
-        GPU matrix units work in tiles: 50,257 output columns leave a ragged last tile, 50,304 do
-        not (nanoGPT reports a large speed-up on A100s). Outputs and checkpoints do not change:
-        forward drops the extra logits, so they get no gradient and their rows stay zero, and the
-        state dict keeps its unpadded shapes both ways.
-        """
-        rows, width = self.out_head.weight.shape
-        padded = -(-self.cfg.vocab_size // multiple) * multiple
-        if padded == rows:
-            return self
-        with torch.no_grad():
-            grown = nn.Parameter(torch.cat([self.out_head.weight, self.out_head.weight.new_zeros(padded - rows, width)]))
-        if self.cfg.tie_embeddings:
-            self.tok_emb.weight = grown
-        self.out_head.weight = grown
-        self.out_head.out_features = padded
-        self.register_state_dict_post_hook(_state_without_vocab_padding)
-        self.register_load_state_dict_pre_hook(_pad_vocab_of_loaded_state)
-        return self
-
-
-_VOCAB_ROWS = ("tok_emb.weight", "out_head.weight")
-
-
-def _state_without_vocab_padding(model: GPTModel, state: dict, prefix: str, local_metadata) -> None:
-    for name in _VOCAB_ROWS:
-        if prefix + name in state:
-            state[prefix + name] = state[prefix + name][:model.cfg.vocab_size]
-
-
-def _pad_vocab_of_loaded_state(model: GPTModel, state: dict, prefix: str, *args) -> None:
-    for name in _VOCAB_ROWS:
-        live = model.get_parameter(name)
-        given = state.get(prefix + name)
-        if given is not None and given.shape[0] < live.shape[0]:
-            state[prefix + name] = torch.cat([given, given.new_zeros(live.shape[0] - given.shape[0], given.shape[1])])
+        return self.out_head(self.final_norm(x))
 
 
 def count_parameters(model: nn.Module, include_out_head: bool = True) -> int:
@@ -256,7 +216,6 @@ def count_parameters(model: nn.Module, include_out_head: bool = True) -> int:
     """
     model = unwrap_model(model)
     total = sum(p.numel() for p in model.parameters())
-    total -= model.out_head.weight.numel() - model.cfg.vocab_size * model.cfg.emb_dim  # pad_vocab's rows
     if not include_out_head and not model.cfg.tie_embeddings:
         total -= model.cfg.vocab_size * model.cfg.emb_dim
     return total

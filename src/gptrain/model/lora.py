@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptrain.core.errors import GptrainError
-from gptrain.core.files import staged_dir
+from gptrain.core.files import atomic_path, staged_dir
 from gptrain.core.tensorfile import save_tensors
 from gptrain.model.gpt import GPTModel, unwrap_model
 
@@ -197,10 +196,9 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     settings = lora_settings(model)
     metadata = {"format": "pt", "lora": json.dumps(settings)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {name: tensor.cpu() for name, tensor in adapter_state_dict(model).items()}
-    save_tensors(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_tensors(tensors, tmp, metadata=metadata)
     return path
 
 

@@ -53,7 +53,7 @@ def check_int8_device(device: torch.device, dtype: torch.dtype) -> None:
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: ``(q, scale)`` with ``q * scale[:, None]`` close to ``weight``.
 
-    An all-zero row (a padded vocabulary row) gets scale 1 and stays zero.
+    An all-zero row gets scale 1 and stays zero.
     """
     weight = weight.detach().float()
     absmax = weight.abs().amax(dim=1)
@@ -145,9 +145,7 @@ def quantize(model: nn.Module, kind: str = "int8") -> GPTModel:
     compute_dtype = compute_dtype_for(embedding.device, embedding.dtype)
     with torch.no_grad():
         tied = model.cfg.tie_embeddings and model.out_head.weight is embedding
-        # A tied head holds the embedding's rows plus pad_vocab's zero rows, if any: quantize those
-        # once and let the embedding look up the first vocab_size of them.
-        q, scale = int8_rows(model.out_head.weight if tied else embedding)
+        q, scale = int8_rows(embedding)
         scale = scale.to(embedding.dtype)
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and name != "out_head":

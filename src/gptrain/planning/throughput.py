@@ -9,9 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-from gptrain.core.runtime import PAD_VOCAB_MULTIPLE, autocast_context, pads_vocab, prepare_device
+from gptrain.core.runtime import (
+    PAD_VOCAB_MULTIPLE,
+    autocast_context,
+    pads_vocab,
+    prepare_device,
+)
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel
+from gptrain.model.vocab_padding import pad_vocab
 from gptrain.training.config import TrainConfig
 from gptrain.training.optim import make_optimizer
 from gptrain.training.step import forward_backward
@@ -65,7 +71,7 @@ def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precisi
     torch.manual_seed(0)
     model = GPTModel(cfg).to(device)
     if pads_vocab(device):
-        model.pad_vocab(PAD_VOCAB_MULTIPLE)
+        pad_vocab(model, PAD_VOCAB_MULTIPLE)
     optimizer = make_optimizer(model, TrainConfig(), device)
     stepped = torch.compile(model) if compile else model
     build_s = time.perf_counter() - started

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gptrain.core.errors import GptrainError
+from gptrain.core.files import atomic_path, write_text_atomic
 from gptrain.reporting.trackers import TrackerSettings, import_extra, open_trackers, scalars
 
 CSV_COLUMNS = ("event", "step", "epoch", "tokens_seen", "loss", "train_loss", "val_loss", "lr", "grad_norm",
@@ -84,18 +86,14 @@ def truncate_metrics(out: Path, step: int) -> None:
         records = [(line, json.loads(line)) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
         kept = [line for line, record in records
                 if record.get("step", -1) < step or record.get("event") in HISTORY_EVENTS]
-        tmp = jsonl.with_name(f".{jsonl.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(jsonl)
+        write_text_atomic(jsonl, "".join(line + "\n" for line in kept))
     if table.exists():
         with open(table, encoding="utf-8", newline="") as f:
             rows = [row for row in csv.DictReader(f) if int(row["step"] or -1) < step]
-        tmp = table.with_name(f".{table.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_path(table) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(table)
 
 
 STARTUP_EVENTS = ("plan", "resume")  # what a run logs before its first step

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.files import write_text_atomic
 from gptrain.core.formatting import duration
 from gptrain.core.oserrors import reason_and_fix
 from gptrain.reporting.figures import figures
@@ -239,11 +239,8 @@ def write_report(runs: str | Path | Sequence[str | Path], out: str | Path | None
     _unique_names(logs)
     out = Path(out) if out is not None else (logs[0].path / REPORT_FILE if len(logs) == 1 else Path(REPORT_FILE))
     page = render(logs)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, page)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise GptrainError(f"cannot write {out}: {reason_and_fix(exc)}") from None
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gptrain.core.files import atomic_path
 from gptrain.inference.generate import generate_and_print_sample
 from gptrain.model.loss import calc_loss_batch, calc_loss_loader
 
@@ -89,10 +90,9 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=150)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -98,12 +98,6 @@ def local_value(tensor: torch.Tensor) -> torch.Tensor:
 
 # --- Checkpoints ---
 
-def _without_vocab_padding(model: GPTModel, name: str, tensor: torch.Tensor) -> torch.Tensor:
-    if name in ("tok_emb.weight", "out_head.weight"):
-        return tensor[:model.cfg.vocab_size]
-    return tensor
-
-
 def gather_weights(model: GPTModel, is_main: bool) -> GPTModel | None:
     """A plain CPU copy of a sharded model on rank 0 (None elsewhere); every process must call it.
 
@@ -114,7 +108,7 @@ def gather_weights(model: GPTModel, is_main: bool) -> GPTModel | None:
     for name, param in model.named_parameters():
         full = local_value(param.detach())
         if is_main:
-            state[name] = _without_vocab_padding(model, name, full).to("cpu", copy=True)
+            state[name] = full.to("cpu", copy=True)
         del full
     if not is_main:
         return None
@@ -133,8 +127,6 @@ def load_weights(model: GPTModel, path: Path) -> None:
             if name not in weights:
                 raise GptrainError(f"{path / WEIGHTS_FILE} lacks {name}: resume from another checkpoint")
             full = weights.pop(name)
-            if full.shape[0] < param.shape[0]:  # the output head padded by --pad-vocab
-                full = torch.cat([full, full.new_zeros(param.shape[0] - full.shape[0], *full.shape[1:])])
             full = full.to(device=param.device, dtype=param.dtype)
             if isinstance(param, DTensor):
                 # Every process holds the same full tensor, so each cuts its own shard without communication.
@@ -184,7 +176,10 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
     re-shards the states to the current layout.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
 
     folder = path / OPTIMIZER_DIR
     if not (folder / ".metadata").is_file():

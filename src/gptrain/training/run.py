@@ -36,8 +36,13 @@ from gptrain.data.tokenizer import get_tokenizer
 from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.lora import add_lora
+from gptrain.model.vocab_padding import pad_vocab
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
+from gptrain.store.checkpoint import (
+    load_state_into,
+    save_checkpoint,
+    weights_state_dict,
+)
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.instruct import load_instructions
 from gptrain.training.optim import make_optimizer
@@ -66,7 +71,7 @@ class PendingBest:
         """``model`` is what a checkpoint saves (``model_to_save``): None on processes that do not write."""
         if model is None:
             return
-        state = weights_state_dict(model)  # LoRA merged, vocabulary padding and a tied head left out
+        state = weights_state_dict(model)  # LoRA merged, a tied head left out
         if self.weights is None:
             self.weights = {name: torch.empty_like(tensor, device="cpu") for name, tensor in state.items()}
         for name, tensor in state.items():
@@ -229,8 +234,8 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     torch.manual_seed(cfg.seed)
     raw_model = GPTModel(model_cfg).to(device) if init_model is None else init_model
     if cfg.pad_vocab:
-        raw_model.pad_vocab(PAD_VOCAB_MULTIPLE)
-    if cfg.lora_rank is not None:  # after pad_vocab, whose new head parameter would otherwise be trained
+        pad_vocab(raw_model, PAD_VOCAB_MULTIPLE)
+    if cfg.lora_rank is not None:
         add_lora(raw_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     if cfg.activation_checkpointing:
         checkpoint_activations(raw_model)
