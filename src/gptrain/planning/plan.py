@@ -17,10 +17,12 @@ import torch
 
 from gptrain.core.accelerators import find_accelerator
 from gptrain.core.errors import GptrainError
+from gptrain.core.peak import cpu_peak_flops
+from gptrain.core.runtime import process_age
 from gptrain.model.config import GPTConfig
 from gptrain.model.counts import flops_per_token, parameter_counts
 from gptrain.planning.memory import CUDA_CONTEXT_BYTES, cpu_memory, cpu_runtime_memory, memory_per_device
-from gptrain.planning.throughput import cpu_peak_flops, measure_throughput, process_age
+from gptrain.planning.throughput import measure_throughput
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"
 DEFAULT_MFU = 0.4  # what a well-tuned GPT-2 run reaches on A100/H100 (llm.c, nanoGPT report 40-50%)

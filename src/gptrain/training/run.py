@@ -33,7 +33,12 @@ from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel
 from gptrain.model.lora import add_lora
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
+from gptrain.store.checkpoint import (
+    load_state_into,
+    save_checkpoint,
+    weights_state_dict,
+)
+from gptrain.training.clock import TimeSplit
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
@@ -67,13 +72,18 @@ class PendingBest:
             self.weights[name].copy_(tensor)
         self.cfg, self.training_state = model.cfg, training_state
 
-    def write(self, path: Path, train_config: dict[str, Any]) -> None:
+    def write(self, path: Path, train_config: dict[str, Any], current: tuple[int, Path] | None = None) -> None:
+        """Write best/ if it changed; ``current``, (step, checkpoint) just saved, lends its weights
+        file when the best weights are that step's."""
         if self.training_state is None:
             return
         with torch.device("meta"):
             plain = GPTModel(self.cfg)
-        load_state_into(plain, dict(self.weights), "the best weights")
-        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
+        same_step = current is not None and current[0] == self.training_state["step"]
+        if not same_step:
+            load_state_into(plain, dict(self.weights), "the best weights")
+        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state,
+                        weights_from=current[1] if same_step else None)
         self.training_state = None
 
 
@@ -97,6 +107,7 @@ class Run:
     data_sha256: str | None = None  # of the train and val tokens: a resumed run must see the same
     best: PendingBest = dataclasses.field(default_factory=PendingBest)
     pace: Pace | None = None  # speed and ETA on the evaluation lines, when no progress bar shows them
+    timing: TimeSplit = dataclasses.field(default_factory=TimeSplit)
 
     @property
     def global_batch(self) -> int:
