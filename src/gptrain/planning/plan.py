@@ -124,8 +124,11 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
     math_attention = on_cpu and cfg.drop_rate > 0
     capacity = cpu_memory() if on_cpu else accelerator.memory
     overhead = cpu_runtime_memory(plan.precision) if on_cpu else CUDA_CONTEXT_BYTES
+    # gptrain train keeps freed memory in the process on a CPU, except under FSDP (runtime.prepare_device).
+    retained_heap = on_cpu and plan.distribution != "fsdp"
     memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
-                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead)
+                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead,
+                               retained_heap=retained_heap)
     peak = cpu_peak_flops(plan.precision) if on_cpu else accelerator.peak(plan.precision)
 
     measured = None
