@@ -49,6 +49,7 @@ class ModelSource:
     weights_file: Path  # the file the weights were read from (its sha256 identifies them)
     tokenizer: str = TOKENIZER_NAME
     tokenizer_sha256: str = TABLE_SHA256
+    template: str | None = None  # the prompt template of an instruction-tuned checkpoint
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,11 @@ def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
 def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None) -> ModelSource:
     """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``."""
     located = _locate(source)
+    template = None
     if located.checkpoint is not None:
-        check_tokenizer(read_checkpoint_config(located.checkpoint), source)
+        config = read_checkpoint_config(located.checkpoint)
+        check_tokenizer(config, source)
+        template = config.get("template")
         model = load_checkpoint(located.checkpoint, device=device)
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
@@ -137,7 +141,7 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
         model.eval()
         origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
-                       weights_file=located.weights_file)
+                       weights_file=located.weights_file, template=template)
 
 
 def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:

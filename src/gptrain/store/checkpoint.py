@@ -59,10 +59,12 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
-                    weights_from: Path | None = None) -> Path:
+                    template: str | None = None, weights_from: Path | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
-    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``.
+    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
+    the prompt template an instruction-tuned model was taught with (see gptrain.data.templates), is
+    recorded so that later commands format prompts the same way.
     ``weights_from``, a checkpoint known to hold ``model``'s weights, lends its weights file (a hard
     link where the file system allows), so the same bytes are neither written nor hashed again.
     """
@@ -87,6 +89,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
                 "step": state.get("step"),
                 "tokens_seen": state.get("tokens_seen"),
             }
+            if template is not None:
+                config["template"] = template
             write_json_atomic(tmp / CONFIG_FILE, config)
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
