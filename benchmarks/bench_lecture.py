@@ -37,7 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, machine_description, provenance  # noqa: E402
 
-
 AGREEMENT = 0.03  # relative: step-0 and lowest validation losses of runs that train the same model
 
 
@@ -47,7 +46,9 @@ def run_book(text: str, epochs: int = 10, tuned: bool = False) -> dict:
     from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch05 import train_model_simple
 
-    from gptrain import get_tokenizer  # the book's tokenizer, built offline (tiktoken "gpt2")
+    from gptrain import (
+        get_tokenizer,  # the book's tokenizer, built offline (tiktoken "gpt2")
+    )
     from gptrain.core.runtime import cpu_has_native_bf16, retain_freed_memory
 
     if tuned:
