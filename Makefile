@@ -38,15 +38,28 @@ demo: install
 test: install-dev
 	$(BIN)/python -m pytest -q
 
-# docs/benchmarks.md's first figures, side by side with the book's code and HF transformers (about 30 minutes on 2 cores).
+# Every benchmark script, each printing its results file's header (date, commit, command) first. Where a
+# full run is long, quick settings (noted; docs/benchmarks.md gives each figure's own command): about an
+# hour on 2 cores. BENCH_PLOTS keeps the plots out of benchmarks/results/.
+BENCH_PLOTS ?= /tmp
 bench: install-dev
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_train.py --precision bf16
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_int8.py
 	$(BIN)/python benchmarks/bench_eval.py
-	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_tasks.py
+	$(BIN)/python benchmarks/bench_prepare.py --sizes-mb 100  # quick: 100 MB only
 	$(BIN)/python benchmarks/bench_load_memory.py
-	$(BIN)/python benchmarks/bench_lecture.py
+	$(BIN)/python benchmarks/bench_integrity.py --rounds 1  # quick: one round
+	$(BIN)/python benchmarks/bench_lecture.py --epochs 3 --skip-fp32 --plot $(BENCH_PLOTS)/lecture_losses.png  # quick: 3 epochs
+	$(BIN)/python benchmarks/bench_estimate.py --rounds 1  # quick: one round
+	$(BIN)/python benchmarks/bench_transfer.py --skip-124m  # quick: no 124M rows
+	$(BIN)/python benchmarks/bench_quality.py --tokens 50000 --eval-every 10000  # quick: a quarter of the tokens
+	$(BIN)/python benchmarks/bench_serve.py --clients 1 8  # quick: two loads
+	$(BIN)/python benchmarks/bench_memory.py --sizes 124M  # quick: 124M (355M and 774M need ~40 GB)
+	$(BIN)/python benchmarks/profile_step.py
+	$(BIN)/python benchmarks/gpu_check.py --device cpu --quick  # the GPU check's CPU dry run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import find_verdict, machine_description  # noqa: E402
-
 import torch  # noqa: E402
+from common import find_verdict, machine_description, provenance  # noqa: E402
 
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.planning.memory import cpu_runtime_memory, memory_per_device
@@ -37,8 +36,9 @@ GPTRAIN = [sys.executable, "-m", "gptrain"]
 STEP_SCRIPT = r"""
 import json, resource, sys
 import torch
-from gptrain.training.config import GPTConfig, TrainConfig
-from gptrain.model import GPTModel
+from gptrain.model.config import GPTConfig
+from gptrain.training.config import TrainConfig
+from gptrain.model.gpt import GPTModel
 from gptrain.core.runtime import retain_freed_memory
 from gptrain.training.optim import make_optimizer
 from gptrain.training.step import forward_backward
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--retained", action="store_true",
                         help="also the peak RSS with gptrain train's allocator setting, which keeps freed memory")
     args = parser.parse_args()
+    print(provenance(), flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from gptrain.core.runtime import resolve_precision
 

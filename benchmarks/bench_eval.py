@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import find_verdict, hf_model_from, machine_description  # noqa: E402
+from common import find_verdict, hf_model_from, machine_description, provenance  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
+from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
 from gptrain.data.splits import gpt2_tokens
 from gptrain.evaluation.heldout import evaluate_tokens, sliding_windows
 from gptrain.model.gpt import GPTModel
-from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
 
 
 def ours(model, tokens, context, stride, batch, precision):
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="timed rounds; the best is printed")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     device = resolve_device(args.device)
     torch.manual_seed(123)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, random_gpt2_124m  # noqa: E402
+from common import machine_description, provenance, random_gpt2_124m  # noqa: E402
 
 from gptrain import generate, quantize  # noqa: E402
 from gptrain.model.quantize import Int8Linear, weight_bytes  # noqa: E402
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads [torch's default]")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
+    print(provenance(), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
 

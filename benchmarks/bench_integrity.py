@@ -25,6 +25,9 @@ import torch
 from gptrain import GPTModel, get_preset, load_checkpoint, save_checkpoint
 from gptrain.training.resume import data_fingerprint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
 
 def timed(func) -> float:
     started = time.perf_counter()
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=50_000_000, help="tokens in the fingerprinted shard")
     args = parser.parse_args()
+    print(provenance(), flush=True)
     torch.manual_seed(0)
     model = GPTModel(get_preset(args.preset).replace(context_length=256))
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())

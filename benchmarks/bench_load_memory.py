@@ -20,6 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
 MEASURE = r"""
 import json, resource, sys, time
 import torch
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--size", default="355M", help="GPT-2 preset whose shapes to use")
     parser.add_argument("--keep", default=None, help="write the files here and keep them (default: a temporary folder)")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     from gptrain import get_preset
 

@@ -23,6 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
 HERE = Path(__file__).resolve()
 GiB = 2**30
 SPARE_GB = 4.0
@@ -34,12 +37,16 @@ def worker(args) -> None:
     import torch
     from torch import nn
 
-    from gptrain.training.config import TrainConfig
+    from gptrain.core.runtime import (
+        peak_memory_mb,
+        retain_freed_memory,
+        start_processes,
+    )
     from gptrain.model.gpt import GPTModel
-    from gptrain.training.parallel import checkpoint_activations, shard_model
-    from gptrain.core.runtime import peak_memory_mb, retain_freed_memory, start_processes
-    from gptrain.training.step import forward_backward
+    from gptrain.training.config import TrainConfig
     from gptrain.training.optim import make_optimizer
+    from gptrain.training.parallel import checkpoint_activations, shard_model
+    from gptrain.training.step import forward_backward
 
     procs, device = start_processes(args.device)
     if device.type == "cpu" and args.mode != "FSDP x2":
@@ -151,6 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    print(provenance(), flush=True)
 
     import platform
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import find_verdict  # noqa: E402
+from common import find_verdict, provenance  # noqa: E402
 
 
 def make_corpus(folder: Path, megabytes: int, seed: int = 0) -> int:
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--keep", help="build the corpora here and keep them (default: a temporary folder)")
     args = parser.parse_args()
+    print(provenance(), flush=True)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     print(f"{os.cpu_count()} cores, {args.workers} tokenizer processes")
     print(f"{'text':>8} {'documents':>10} {'tokens':>13} {'seconds':>8} {'tokens/s':>12} "

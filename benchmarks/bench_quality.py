@@ -41,13 +41,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description  # noqa: E402
+from common import machine_description, provenance  # noqa: E402
 
 from gptrain import GPTModel, TrainConfig, get_tokenizer  # noqa: E402
-from gptrain.data.corpus import TokenWindows
-from gptrain.training.optim import lr_at, make_optimizer, set_lr
 from gptrain.core.runtime import resolve_precision
+from gptrain.data.corpus import TokenWindows
 from gptrain.data.tokenizer import END_OF_TEXT
+from gptrain.training.optim import lr_at, make_optimizer, set_lr
 from gptrain.training.step import epoch_order
 
 MODEL = dict(preset="tiny", context_length=128)
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
+    print(provenance(), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recipes_json:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description  # noqa: E402
+from common import machine_description, provenance  # noqa: E402
 
 from gptrain import GPTModel, get_preset, save_checkpoint  # noqa: E402
 
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="the server's torch threads (OMP_NUM_THREADS) [torch's default: one per core]")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     print(f"{machine_description(torch.device('cpu'))}; the server runs {args.threads or torch.get_num_threads()} "
           "torch threads")

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import find_verdict, machine_description  # noqa: E402
+from common import find_verdict, machine_description, provenance  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.model.gpt import GPTModel
-from gptrain.interop.pretrained import export_hf
 from gptrain.core.runtime import resolve_device
 from gptrain.evaluation.tasks import evaluate_task, read_task_file
+from gptrain.interop.pretrained import export_hf
+from gptrain.model.gpt import GPTModel
 
 
 def write_task_files(folder: Path, count: int, seed: int = 123) -> dict[str, Path]:
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the best is printed")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     folder = Path(tempfile.mkdtemp(prefix="bench_tasks_"))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",

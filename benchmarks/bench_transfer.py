@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import find_verdict, machine_description
+from common import find_verdict, machine_description, provenance
 
 
 def stdlib_docstrings(limit_chars: int) -> str:
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--skip-124m", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     import torch
 

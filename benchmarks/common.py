@@ -1,11 +1,32 @@
-"""Shared by the benchmarks: where the lecture's corpus is."""
+"""Shared by the benchmarks: where the lecture's corpus is, the header of a results file, the models
+compared side by side, the machine."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def provenance() -> str:
+    """A results file's first line: when, at which commit (``+changes`` when tracked files differ from
+    it), and the command that printed it. Every benchmark prints it first."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = "+changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), HERE.parent)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"# {when}, commit {commit}{changed}: {shlex.join(['python', script, *sys.argv[1:]])}"
 
 
 def find_verdict() -> Path:
@@ -72,23 +93,6 @@ def machine_description(device) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def matmul_peak(device, dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of an n x n x n matrix product on this device: the practical ceiling."""
-    import time
-
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    (a @ b).sum().item()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        (a @ b).sum().item()
-        best = min(best, time.perf_counter() - started)
-    return 2 * n ** 3 / best
 
 
 def glibc_default_memory() -> None:

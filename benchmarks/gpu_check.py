@@ -38,14 +38,22 @@ sys.path.insert(0, str(HERE))
 from bench_serve import run_load, start_server  # noqa: E402
 from common import machine_description  # noqa: E402
 
-from gptrain import GPTConfig, GPTModel, TrainConfig, generate, get_preset, save_checkpoint  # noqa: E402
+from gptrain import (  # noqa: E402
+    GPTConfig,
+    GPTModel,
+    TrainConfig,
+    generate,
+    get_preset,
+    save_checkpoint,
+)
 from gptrain.core.accelerators import accelerator_of_device
-from gptrain.planning.throughput import cpu_peak_flops, measure_throughput
-from gptrain.model.counts import flops_per_token, parameter_counts
-from gptrain.training.parallel import checkpoint_activations
+from gptrain.core.peak import cpu_peak_flops
 from gptrain.core.runtime import autocast_context
-from gptrain.training.step import forward_backward
+from gptrain.model.counts import flops_per_token, parameter_counts
+from gptrain.planning.throughput import measure_throughput
 from gptrain.training.optim import make_optimizer
+from gptrain.training.parallel import checkpoint_activations
+from gptrain.training.step import forward_backward
 
 REPO = HERE.parent
 TEST_DATA = REPO / "tests" / "data"  # the lecture's corpus, shipped with the tests

@@ -22,11 +22,16 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import DTYPES, book_step, gptrain_step  # noqa: E402
-from common import book_model_from, glibc_default_memory, machine_description  # noqa: E402
+from common import (  # noqa: E402
+    book_model_from,
+    glibc_default_memory,
+    machine_description,
+    provenance,
+)
 
 from gptrain import TrainConfig, get_preset  # noqa: E402
-from gptrain.model.gpt import GPTModel
 from gptrain.core.runtime import retain_freed_memory
+from gptrain.model.gpt import GPTModel
 from gptrain.training.optim import make_optimizer
 
 
@@ -40,6 +45,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator and caches settle)")
     parser.add_argument("--top", type=int, default=12, help="operators to list")
     args = parser.parse_args()
+    print(provenance(), flush=True)
 
     cfg = get_preset(args.preset).replace(context_length=args.context)
     torch.manual_seed(123)

@@ -173,7 +173,7 @@ def test_a_run_states_its_plan_and_reports_its_cost_and_flops(tmp_path, story_pa
     summary = summarize(read_run(tmp_path / "run"))
     assert summary["cost"] == end["cost"]
     assert summary["achieved_flops_per_s"] == pytest.approx(summary["median_tokens_per_s"] * per_token)
-    assert summary["median_mfu"] is None  # no known peak on a CPU
+    assert 0 < summary["median_mfu"] <= 1  # against this CPU's measured matmul rate
     assert "achieved FLOP/s" in (tmp_path / "run" / "report.html").read_text()
     assert result["steps"] == 6
 

@@ -181,6 +181,18 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
         return None
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux), or 0: the interpreter's and imports' start-up."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """This process's peak memory so far: allocated GPU memory on CUDA, resident set size elsewhere."""
     if device.type == "cuda":

@@ -57,6 +57,7 @@ def format_estimate(result: Estimate) -> str:
         ("  activations", f"{gb(memory['activations'])} per micro-batch; "
                           f"{gb(memory['activations_checkpointed'])} with activation checkpointing"),
         ("  runtime overhead", gb(memory["overhead"])),
+        *([("  freed memory the process keeps", gb(memory["retained_heap"]))] if memory["retained_heap"] else []),
         ("  peak", f"{gb(memory['peak'])}; {gb(memory['peak_checkpointed'])} with activation checkpointing"),
     ]
     if memory["capacity"] is not None:

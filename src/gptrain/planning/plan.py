@@ -17,10 +17,12 @@ import torch
 
 from gptrain.core.accelerators import find_accelerator
 from gptrain.core.errors import GptrainError
+from gptrain.core.peak import cpu_peak_flops
+from gptrain.core.runtime import process_age
 from gptrain.model.config import GPTConfig
 from gptrain.model.counts import flops_per_token, parameter_counts
 from gptrain.planning.memory import CUDA_CONTEXT_BYTES, cpu_memory, cpu_runtime_memory, memory_per_device
-from gptrain.planning.throughput import cpu_peak_flops, measure_throughput, process_age
+from gptrain.planning.throughput import measure_throughput
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"
 DEFAULT_MFU = 0.4  # what a well-tuned GPT-2 run reaches on A100/H100 (llm.c, nanoGPT report 40-50%)
@@ -122,8 +124,11 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
     math_attention = on_cpu and cfg.drop_rate > 0
     capacity = cpu_memory() if on_cpu else accelerator.memory
     overhead = cpu_runtime_memory(plan.precision) if on_cpu else CUDA_CONTEXT_BYTES
+    # gptrain train keeps freed memory in the process on a CPU, except under FSDP (runtime.prepare_device).
+    retained_heap = on_cpu and plan.distribution != "fsdp"
     memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
-                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead)
+                               devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead,
+                               retained_heap=retained_heap)
     peak = cpu_peak_flops(plan.precision) if on_cpu else accelerator.peak(plan.precision)
 
     measured = None

@@ -1,9 +1,7 @@
-"""Throughput measured on this machine: the CPU's matrix-product rate, and real training steps timed."""
+"""Throughput measured on this machine: real training steps timed."""
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -23,36 +21,11 @@ from gptrain.training.optim import make_optimizer
 from gptrain.training.step import forward_backward
 
 
-def cpu_peak_flops(precision: str, size: int = 2048, repeats: int = 3) -> float:
-    """This CPU's matrix-product rate in ``precision``: the best of a few size^3 products."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best
-
-
 @dataclass
 class Measured:
     tokens_per_s: float
     eval_tokens_per_s: float
     build_s: float  # building the model and its optimizer, which a run pays before its first step
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux), or 0."""
-    try:
-        with open("/proc/self/stat") as f:
-            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def measure_throughput(cfg: GPTConfig, batch_size: int, grad_accum: int, precision: str,

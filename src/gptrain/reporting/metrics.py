@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptrain.core.errors import GptrainError
 from gptrain.core.files import atomic_path, write_text_atomic
 from gptrain.reporting.trackers import TrackerSettings, import_extra, open_trackers, scalars
 

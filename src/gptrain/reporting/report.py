@@ -74,6 +74,17 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+SPLIT_LABELS = {"startup": "start-up", "steps": "training steps", "evaluation": "evaluation",
+                "sampling": "sampling", "checkpoints": "checkpoint writes", "other": "the rest"}
+
+
+def _time_split(split: dict[str, Any] | None) -> str:
+    if not split:
+        return "–"
+    return ", ".join(f"{SPLIT_LABELS.get(name, name)} {duration(seconds)}" for name, seconds in split.items()
+                     if isinstance(seconds, (int, float)))
+
+
 def _money(value: float | None) -> str:
     return "–" if value is None else f"{value:,.2f}"
 
@@ -92,6 +103,9 @@ def _summary_table(runs: list[RunLog], summaries: list[dict[str, Any]]) -> str:
             ("median tokens/s", "median_tokens_per_s", _fmt),
             ("peak memory per process", "peak_memory_mb", _megabytes),
             ("achieved FLOP/s", "achieved_flops_per_s", _flops), ("MFU", "median_mfu", _percent),
+            ("MFU of all the steps", "steps_mfu", _percent), ("MFU measured against", "peak_source", _fmt),
+            ("where the wall time went", "time_split_s", _time_split),
+            ("before train(): interpreter, imports", "before_train_s", _duration),
             ("cost", "cost", _money)]
     if any(s["init"] for s in summaries):
         rows += [("initialized from (--init)", "init", _fmt), ("its weights' sha256", "init_sha256", _fmt),

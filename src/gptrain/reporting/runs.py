@@ -133,15 +133,23 @@ def summarize(run: RunLog) -> dict[str, Any]:
 
 
 def _economics(run: RunLog, tokens_per_s: float | None) -> dict[str, float | None]:
-    """Achieved FLOP/s (training steps only), MFU where the peak is known, and the cost where a price was given."""
+    """Achieved FLOP/s (training steps only), MFU where the peak is known, the cost where a price was
+    given, and where the wall time went."""
     plan = run.plans[-1] if run.plans else {}
     per_token = finite_number(plan.get("flops_per_token"))
     mfus = [x for r in run.train if (x := finite_number(r.get("mfu"))) is not None]
     costs = [c for r in run.notes if r.get("event") == "end" and (c := finite_number(r.get("cost"))) is not None]
+    end = next((r for r in reversed(run.notes) if r.get("event") == "end"), {})
+    split = end.get("time_split_s")
     return {
         "achieved_flops_per_s": tokens_per_s * per_token if None not in (tokens_per_s, per_token) else None,
         "median_mfu": statistics.median(mfus) if mfus else None,
         "cost": sum(costs) if costs else None,  # a resumed run is billed for each of its sessions
+        # The last session's: where its wall time went, and its steps' utilisation as a whole.
+        "time_split_s": split if isinstance(split, dict) else None,
+        "before_train_s": finite_number(end.get("before_train_s")),
+        "steps_mfu": finite_number(end.get("mfu")),
+        "peak_source": end.get("peak_source"),
     }
 
 

@@ -34,7 +34,7 @@ from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
-from gptrain.store.integrity import read_verified, write_manifest
+from gptrain.store.integrity import read_manifest, read_verified, write_manifest
 from gptrain.store.layout import (
     CONFIG_FILE,
     FINAL_DIR,
@@ -59,18 +59,24 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
-                    template: str | None = None) -> Path:
+                    template: str | None = None, weights_from: Path | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
     ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
     the prompt template an instruction-tuned model was taught with (see gptrain.data.templates), is
     recorded so that later commands format prompts the same way.
+    ``weights_from``, a checkpoint known to hold ``model``'s weights, lends its weights file (a hard
+    link where the file system allows), so the same bytes are neither written nor hashed again.
     """
     path = Path(path)
     model = unwrap_model(model)
     try:
         with staged_dir(path) as tmp:
-            save_tensors(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            known = {}
+            if weights_from is None:
+                save_tensors(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            else:
+                known = share_weights(weights_from, tmp)
             if has_lora(model):  # the small file that --resume continues from; the weights above are merged
                 save_adapter(model, tmp / ADAPTER_FILE)
             state = dict(training_state or {})
@@ -92,7 +98,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
                 torch.save(state, tmp / STATE_FILE)
             if optimizer_dir is not None:
                 os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
-            write_manifest(tmp)  # after every other file: it records what the folder holds
+            write_manifest(tmp, known)  # after every other file: it records what the folder holds
     except (OSError, safetensors.SafetensorError, RuntimeError) as exc:
         # A full disk or a refused write reaches us as OSError, or wrapped by safetensors or torch.save.
         if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
@@ -100,6 +106,20 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise GptrainError(f"cannot write checkpoint {path}: {reason}; the previous one is kept") from None
     return path
+
+
+def share_weights(source: Path, folder: Path) -> dict[str, dict]:
+    """Hard-link (else copy) ``source``'s weights file into ``folder``; returns its manifest record.
+
+    Checkpoints are replaced whole by a rename, never rewritten in place, so a linked file cannot
+    change under either checkpoint.
+    """
+    try:
+        os.link(source / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+    except OSError:
+        shutil.copyfile(source / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+    record = (read_manifest(source) or {}).get(WEIGHTS_FILE)
+    return {} if record is None else {WEIGHTS_FILE: record}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -23,15 +23,18 @@ MANIFEST_FORMAT = "gptrain-manifest"
 T = TypeVar("T")
 
 
-def write_manifest(folder: Path) -> dict:
-    """Record every file under ``folder`` (but the manifest itself) in ``folder/manifest.json``."""
-
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+def write_manifest(folder: Path, known: dict[str, dict] | None = None) -> dict:
+    """Record every file under ``folder`` (but the manifest itself) in ``folder/manifest.json``;
+    ``known`` holds the records of files shared with another checkpoint, taken from its manifest."""
+    known = known or {}
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
+                   and p.relative_to(folder).as_posix() not in known)
     # hashlib releases the GIL: the files (weights, optimizer state, ...) are hashed on all cores at once.
     with ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool:
         digests = list(pool.map(sha256_file, paths))
     files = {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": digest}
              for path, digest in zip(paths, digests)}
+    files = dict(sorted((files | known).items()))
     manifest = {"format": MANIFEST_FORMAT, "files": files}
     write_json_atomic(folder / MANIFEST_FILE, manifest)
     return manifest

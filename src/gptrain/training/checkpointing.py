@@ -50,7 +50,6 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
     model = model_to_save(run)
     if not run.procs.is_main:
         return
-    run.best.write(run.out / "best", run.cfg.to_dict(), run.cfg.template)
     training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch,
                       "data_sha256": run.data_sha256}
     if not with_training_state:
@@ -58,6 +57,9 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
     save_checkpoint(model, path, run.optimizer if with_training_state and not run.cfg.fsdp else None,
                     train_config=run.cfg.to_dict(), training_state=training_state, optimizer_dir=optimizer_dir,
                     template=run.cfg.template)
+    # After the checkpoint, so best/ is never ahead of what a resume starts from; best weights of
+    # this very step are the checkpoint's, shared rather than written twice.
+    run.best.write(run.out / "best", run.cfg.to_dict(), run.cfg.template, current=(state["step"], path))
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]:

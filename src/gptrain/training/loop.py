@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,12 +23,13 @@ from tqdm import tqdm
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import write_json_atomic, write_text_atomic
 from gptrain.core.formatting import duration, human
+from gptrain.core.peak import mfu_peak
 from gptrain.core.runtime import (
     gather_over_processes,
     max_over_processes,
     mean_over_processes,
-    peak_flops,
     peak_memory_mb,
+    process_age,
 )
 from gptrain.data.instructions import InstructionExamples
 from gptrain.evaluation.tasks import load_training_tasks
@@ -115,6 +117,10 @@ class Outcome:
     early_stopped: bool = False
     wall: float = 0.0
     cost: float | None = None
+    steps_run: int = 0  # by this process, since it started or resumed
+    peak: float | None = None  # FLOP/s of one device, for MFU
+    peak_source: str | None = None
+    flops_per_token: float = 0.0
 
 
 def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) -> None:
@@ -153,24 +159,27 @@ def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) ->
              f"{run.cfg.grad_accum} micro-batches, {run.procs.world_size} process(es)); precision {run.cfg.precision}")
 
 
-def log_plan(run: Run, state: dict[str, Any]) -> tuple[float | None, float]:
-    """Say and log the tokens and FLOPs still to go; returns the devices' peak FLOP/s each and the FLOPs per token."""
-    peak = peak_flops(run.device, run.cfg.precision)
+def log_plan(run: Run, state: dict[str, Any], outcome: Outcome) -> None:
+    """Say and log the tokens and FLOPs still to go; keeps the devices' peak FLOP/s each and the
+    FLOPs per token in ``outcome``."""
+    peak, source = mfu_peak(run.device, run.cfg.precision)
     per_token = flops_per_token(run.raw_model)
+    outcome.peak, outcome.peak_source, outcome.flops_per_token = peak, source, per_token
     planned_tokens = (run.total_steps - state["step"]) * run.tokens_per_step
     run.echo(f"Plan: {planned_tokens:,} tokens, {planned_tokens * per_token:.3g} FLOPs ({human(per_token)} per token)"
              + (f", peak {human(peak * run.procs.world_size, 'FLOP/s')}" if peak else ""))
     run.log.write("plan", step=state["step"], tokens=planned_tokens, flops_per_token=per_token,
                   flops=planned_tokens * per_token, peak_flops=peak and peak * run.procs.world_size,
-                  devices=run.procs.world_size, price_per_hour=run.cfg.price_per_hour)
-    return peak, per_token
+                  peak_source=source, devices=run.procs.world_size, price_per_hour=run.cfg.price_per_hour)
 
 
 def run_steps(run: Run, state: dict[str, Any], stop: StopOnSignal, progress: tqdm, eval_tasks: list,
               evaluates: bool, started: float) -> Outcome:
     """Train until the budget is spent, a signal arrives or early stopping says stop."""
     cfg, outcome = run.cfg, Outcome()
-    peak, per_token = log_plan(run, state)
+    log_plan(run, state, outcome)
+    peak, per_token = outcome.peak, outcome.flops_per_token
+    run.timing.add("startup", time.perf_counter() - started - sum(run.timing.seconds.values()))
     clock = RunClock(run.total_steps)
     step_seconds = 0.0  # training time since the last train record: evaluations and samples excluded
     run.raw_model.train()
@@ -179,6 +188,8 @@ def run_steps(run: Run, state: dict[str, Any], stop: StopOnSignal, progress: tqd
         step_started = time.perf_counter()
         loss, grad_norm = train_step(run, state)  # its loss is a Python float: the step has finished
         step_seconds += time.perf_counter() - step_started
+        run.timing.add("steps", time.perf_counter() - step_started)
+        outcome.steps_run += 1
         global_step = state["step"] - 1  # the book's numbering: 0 is the first update
         progress.update(1)
         remaining = clock.remaining(state["step"])
@@ -207,43 +218,77 @@ def run_steps(run: Run, state: dict[str, Any], stop: StopOnSignal, progress: tqd
                      f"(val loss {state['best_val_loss']:.3f})")
             break
         if cfg.save_every and state["step"] % cfg.save_every == 0:
-            save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
-            if run.procs.is_main:
-                prune_checkpoints(run.out, cfg.keep_last)
+            with run.timing.part("checkpoints"):
+                save_run_checkpoint(run, state, run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}")
+                if run.procs.is_main:
+                    prune_checkpoints(run.out, cfg.keep_last)
     return outcome
 
 
-def finish_run(run: Run, state: dict[str, Any], outcome: Outcome, started: float) -> None:
+def save_final(run: Run, state: dict[str, Any]) -> None:
+    """final/ written while rank 0 plots the losses: nothing changes the model or the optimizer any
+    more. Under torchrun it is written in the open, as its collectives must meet every process's."""
+    def save() -> None:
+        save_run_checkpoint(run, state, run.out / "final")
+        if run.procs.is_main and has_lora(run.raw_model):
+            export_peft_adapter(run.raw_model, run.out / "final" / PEFT_DIR, base_model=run.cfg.init)
+
+    if run.procs.distributed:
+        with run.timing.part("checkpoints"):
+            save()
+        plot_run(run, state)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(save)
+        plot_run(run, state)
+        with run.timing.part("checkpoints"):
+            writing.result()
+
+
+def plot_run(run: Run, state: dict[str, Any]) -> None:
+    if run.procs.is_main and state["train_losses"]:
+        epochs_seen = [t / (run.steps_per_epoch * run.tokens_per_step) for t in state["track_tokens_seen"]]
+        plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
+                    run.out / "loss.png")
+
+
+def time_figures(run: Run, outcome: Outcome) -> dict[str, Any]:
+    """The end record's split of the wall time and the steps' model FLOP utilisation."""
+    steps_s = run.timing.seconds["steps"]
+    flops = outcome.steps_run * run.tokens_per_step * outcome.flops_per_token
+    mfu = flops / (steps_s * outcome.peak * run.procs.world_size) if outcome.peak and steps_s > 0 else None
+    return {"time_split_s": run.timing.of(outcome.wall), "mfu": None if mfu is None else round(mfu, 4),
+            "peak_flops": outcome.peak, "peak_source": outcome.peak_source}
+
+
+def finish_run(run: Run, state: dict[str, Any], outcome: Outcome, started: float, before_train: float) -> None:
     """Save where the run ended (final/, or a checkpoint to resume a stopped run from) and log its end."""
     # Training's peak, before rank 0 gathers a sharded model to save it; measured here also because a
     # collective right before the process group is destroyed can deadlock gloo's shutdown.
     memory = [round(mb, 1) for mb in gather_over_processes(peak_memory_mb(run.device), run.procs, run.device)]
     if outcome.stopped_by:
         path = run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}"
-        save_run_checkpoint(run, state, path)
+        with run.timing.part("checkpoints"):
+            save_run_checkpoint(run, state, path)
+        plot_run(run, state)
         run.echo(f"Stopped by {outcome.stopped_by} after step {state['step']}: saved {path}; "
                  f"continue with --resume --out {run.out}")
     else:
-        save_run_checkpoint(run, state, run.out / "final")
-        if run.procs.is_main and has_lora(run.raw_model):
-            export_peft_adapter(run.raw_model, run.out / "final" / PEFT_DIR, base_model=run.cfg.init)
+        save_final(run, state)
     outcome.wall = time.perf_counter() - started
     outcome.cost = run_cost(outcome.wall, run.cfg.price_per_hour, run.procs.world_size)
     priced = {} if outcome.cost is None else {"cost": outcome.cost}
     run.log.write("end", step=state["step"] - 1, tokens_seen=state["tokens_seen"], wall_time_s=round(outcome.wall, 3),
-                  stopped_by=outcome.stopped_by, early_stopped=outcome.early_stopped, peak_memory_mb=memory, **priced)
+                  stopped_by=outcome.stopped_by, early_stopped=outcome.early_stopped, peak_memory_mb=memory,
+                  before_train_s=round(before_train, 3), **time_figures(run, outcome), **priced)
     run.echo("Peak memory per process: " + ", ".join(f"{mb:,.0f} MB" for mb in memory)
              + (" (allocated on the GPU)" if run.device.type == "cuda" else " (resident set size)"))
 
 
 def summarise(run: Run, state: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
-    """The loss plot and report (rank 0), the closing line, and the summary ``train`` returns."""
+    """The report (rank 0), the closing line, and the summary ``train`` returns."""
     cfg = run.cfg
     if run.procs.is_main:
-        if state["train_losses"]:
-            epochs_seen = [t / (run.steps_per_epoch * run.tokens_per_step) for t in state["track_tokens_seen"]]
-            plot_losses(epochs_seen, state["track_tokens_seen"], state["train_losses"], state["val_losses"],
-                        run.out / "loss.png")
         write_report(run.out)
     if not outcome.stopped_by and (state["train_losses"] or not cfg.eval_freq):
         ended = (f"final train loss {state['train_losses'][-1]:.3f}, val loss {state['val_losses'][-1]:.3f}; "
@@ -277,7 +322,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     ``resume`` it continues from the latest complete checkpoint there. Under torchrun only rank
     0 logs, samples and saves.
     """
-    started = time.perf_counter()
+    started, before_train = time.perf_counter(), process_age()
     run = build_run(cfg, echo if os.environ.get("RANK", "0") == "0" else (lambda line: None))
     cfg = run.cfg  # resolved
     evaluates = run.procs.is_main or cfg.fsdp  # a sharded model's forward pass needs every process
@@ -295,7 +340,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     try:
         with StopOnSignal() as stop:
             outcome = run_steps(run, state, stop, progress, eval_tasks, evaluates, started)
-            finish_run(run, state, outcome, started)
+            finish_run(run, state, outcome, started, before_train)
     except BaseException as exc:
         if run.procs.distributed and isinstance(exc, Exception):  # the cause a restart by torchrun logs
             cause = f"{type(exc).__name__}: {str(exc).strip()}".split(". ")[0].splitlines()[0][:300]

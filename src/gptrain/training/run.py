@@ -43,6 +43,7 @@ from gptrain.store.checkpoint import (
     save_checkpoint,
     weights_state_dict,
 )
+from gptrain.training.clock import TimeSplit
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.instruct import load_instructions
 from gptrain.training.optim import make_optimizer
@@ -78,13 +79,18 @@ class PendingBest:
             self.weights[name].copy_(tensor)
         self.cfg, self.training_state = model.cfg, training_state
 
-    def write(self, path: Path, train_config: dict[str, Any], template: str | None) -> None:
+    def write(self, path: Path, train_config: dict[str, Any], template: str | None,
+              current: tuple[int, Path] | None = None) -> None:
+        """Write best/ if it changed; ``current``, (step, checkpoint) just saved, lends its weights
+        file when the best weights are that step's."""
         if self.training_state is None:
             return
         plain = meta_model(self.cfg)
-        load_state_into(plain, dict(self.weights), "the best weights")
+        same_step = current is not None and current[0] == self.training_state["step"]
+        if not same_step:
+            load_state_into(plain, dict(self.weights), "the best weights")
         save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state,
-                        template=template)
+                        template=template, weights_from=current[1] if same_step else None)
         self.training_state = None
 
 
@@ -109,6 +115,7 @@ class Run:
     best: PendingBest = dataclasses.field(default_factory=PendingBest)
     pace: Pace | None = None  # speed and ETA on the evaluation lines, when no progress bar shows them
     test_records: list[Any] | None = None  # an instruction run's held-out records, written to RUN/test.jsonl
+    timing: TimeSplit = dataclasses.field(default_factory=TimeSplit)
 
     @property
     def global_batch(self) -> int:

@@ -20,7 +20,6 @@ from gptrain.training.checkpointing import model_to_save
 from gptrain.training.run import Run
 from gptrain.training.step import collate
 
-
 # A forward pass keeps no activations for a backward pass, so evaluation runs more windows at once
 # than a training micro-batch: each pass reads every weight once (and under autocast casts it once).
 EVAL_CHUNK_TOKENS = 4096
@@ -77,7 +76,8 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
 
     ``initial`` marks the evaluation of a transfer run before its first update: its "before" figure.
     """
-    train_loss, val_loss = evaluate(run)
+    with run.timing.part("evaluation"):
+        train_loss, val_loss = evaluate(run)
     state["train_losses"].append(train_loss)
     state["val_losses"].append(val_loss)
     state["track_tokens_seen"].append(state["tokens_seen"])
@@ -90,8 +90,9 @@ def log_evaluation(run: Run, state: dict[str, Any], global_step: int, started: f
     run.echo(f"{label}: Train loss {train_loss:.3f}, Val loss {val_loss:.3f}{pace}")
     if val_loss < state["best_val_loss"]:
         state.update(best_val_loss=val_loss, best_step=global_step, evals_since_best=0, overfitting_warned=False)
-        run.best.keep(model_to_save(run), {"step": state["step"], "tokens_seen": state["tokens_seen"],
-                                           "val_loss": val_loss})
+        with run.timing.part("checkpoints"):
+            run.best.keep(model_to_save(run), {"step": state["step"], "tokens_seen": state["tokens_seen"],
+                                               "val_loss": val_loss})
         return False
     state["evals_since_best"] += 1
     if not state["overfitting_warned"] and overfitting(state["train_losses"], state["val_losses"]):
@@ -116,9 +117,11 @@ def evaluate_after_step(run: Run, state: dict[str, Any], epoch_before: int, eval
     if evaluates and cfg.eval_freq and (global_step % cfg.eval_freq == 0 or last):
         early_stop = log_evaluation(run, state, global_step, started)
     if eval_tasks and global_step % (cfg.eval_task_every or cfg.eval_freq) == 0:
-        log_task_scores(run, eval_tasks, global_step, state["tokens_seen"])
+        with run.timing.part("evaluation"):
+            log_task_scores(run, eval_tasks, global_step, state["tokens_seen"])
     if evaluates and state["epoch"] > epoch_before and cfg.sample_tokens:
-        sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context, cfg.sample_tokens)
+        with run.timing.part("sampling"):
+            sample = sample_text(run.raw_model, run.tokenizer, run.device, cfg.start_context, cfg.sample_tokens)
         run.log.write("sample", step=global_step, epoch=state["epoch"], text=sample)
         run.echo(sample.replace("\n", " "))
     return early_stop
