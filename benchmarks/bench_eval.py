@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import find_verdict, hf_model_from, machine_description  # noqa: E402
 
 from gptrain import get_preset  # noqa: E402
-from gptrain.data.splits import gpt2_tokens
+from gptrain.data.splits import text_tokens
 from gptrain.evaluation.heldout import evaluate_tokens, sliding_windows
 from gptrain.model.gpt import GPTModel
 from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
@@ -72,7 +72,7 @@ def main() -> None:
     model = GPTModel(get_preset(args.preset).replace(context_length=args.context, drop_rate=0.0)).eval()
     reference = hf_model_from(model).eval().to(device)
     model.to(device)
-    tokens = gpt2_tokens(find_verdict().read_text(encoding="utf-8"))
+    tokens = text_tokens(find_verdict().read_text(encoding="utf-8"))
     print(f"{machine_description(device)}; {args.preset} at context {args.context}, batch {args.batch}, "
           f"{args.precision}; the-verdict.txt, {len(tokens):,} tokens")
     print(f"{'stride':>6} {'windows':>7}  {'implementation':<16} {'loss':>9} {'tokens/s':>9}")

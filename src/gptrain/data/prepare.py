@@ -39,7 +39,7 @@ from gptrain.data.readers import (
     read_jsonl_documents,
 )
 from gptrain.data.tokenizer import TOKENIZER_NAME
-from gptrain.data.trained_tokenizer import load_tokenizer, tokenizer_identity
+from gptrain.data.trained_tokenizer import TOKENIZER_FILE, TrainedTokenizer, load_tokenizer, tokenizer_identity
 
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
@@ -260,6 +260,8 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
             "seconds": round(elapsed, 3),
             "tokens_per_second": round(sum(counts.values()) / max(elapsed, 1e-9)),
         }
+        if isinstance(encoder, TrainedTokenizer):  # the folder reads alone: train saves it in its checkpoints
+            (tmp / TOKENIZER_FILE).write_bytes(encoder.data)
         write_json_atomic(tmp / "meta.json", meta)
     return meta
 

@@ -43,10 +43,17 @@ def load_merge_ranks() -> dict[bytes, int]:
     return ranks
 
 
+class GPT2Encoding(tiktoken.Encoding):
+    """tiktoken's GPT-2 encoding that also names the hash of its table, as every gptrain tokenizer does
+    (see :class:`gptrain.data.trained_tokenizer.Tokenizer`)."""
+
+    sha256 = TABLE_SHA256
+
+
 @functools.cache
-def get_tokenizer() -> tiktoken.Encoding:
+def get_tokenizer() -> GPT2Encoding:
     """The GPT-2 encoding (identical to ``tiktoken.get_encoding("gpt2")``), with no network access."""
-    return tiktoken.Encoding(
+    return GPT2Encoding(
         name=TOKENIZER_NAME,
         pat_str=GPT2_PATTERN,
         mergeable_ranks=load_merge_ranks(),

@@ -15,7 +15,7 @@ from gptrain.evaluation.heldout import (
     load_eval_tokens,
 )
 from gptrain.evaluation.tasks import TaskResult, check_task_name, evaluate_task, read_task_file
-from gptrain.interop.sources import resolve_model
+from gptrain.interop.sources import resolve_model, resolve_tokenizer
 
 
 def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = None, split: str | None = None,
@@ -25,7 +25,7 @@ def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = Non
     """The description of ``data`` (see :func:`load_eval_tokens`) and the loss on it of the model that
     ``model`` names (see :func:`gptrain.interop.sources.resolve_model`), in sliding windows of
     ``context_length`` tokens every ``stride`` (both the model's context by default)."""
-    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field)
+    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field, resolve_tokenizer(model))
     check_eval_tokens(len(tokens))
     resolved = resolve_device(device)
     loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
@@ -42,6 +42,6 @@ def score_task(task: str, data: str | Path, *, model: str | Path, n_heads: int |
     """The score of the model that ``model`` names on the first ``limit`` examples of ``task``'s jsonl file ``data``."""
     examples = read_task_file(check_task_name(task), data, limit)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
-    return evaluate_task(loaded, task, examples, batch_size=batch_size,
-                         precision=resolve_precision(precision, resolved), source=str(data))
+    source = resolve_model(model, device=resolved, n_heads=n_heads)
+    return evaluate_task(source.model, task, examples, batch_size=batch_size,
+                         precision=resolve_precision(precision, resolved), source=str(data), tokenizer=source.tokenizer)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-import tiktoken
 import torch
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
-from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
+from gptrain.data.tokenizer import text_to_token_ids
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
 from gptrain.inference.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
@@ -21,7 +21,7 @@ class Continuation:
     """The new text, piece by piece while it is iterated; ``tokens`` counts the new tokens so far and
     ``seconds`` is the time since generation started."""
 
-    def __init__(self, tokenizer: tiktoken.Encoding, token_ids: Iterable[int], warning: str | None) -> None:
+    def __init__(self, tokenizer: Tokenizer, token_ids: Iterable[int], warning: str | None) -> None:
         self.warning = warning  # the prompt and new tokens do not fit the model's window; None when they do
         self.tokens = 0
         self._started = time.perf_counter()
@@ -49,10 +49,10 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.inference.quantize.quantize`)."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
+    source = resolve_model(model, device=resolved, n_heads=n_heads)
+    loaded, tokenizer = source.model, source.tokenizer
     if quantize is not None:
         loaded = quantize_model(loaded, quantize)
-    tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer).to(resolved)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")

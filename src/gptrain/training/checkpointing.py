@@ -50,13 +50,14 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
     model = model_to_save(run)
     if not run.procs.is_main:
         return
-    run.best.write(run.out / "best", run.cfg.to_dict())
+    run.best.write(run.out / "best", run.cfg.to_dict(), run.tokenizer)
     training_state = {**state, "rng": rng, "scaler": run.scaler.state_dict(), "global_batch": run.global_batch,
                       "data_sha256": run.data_sha256}
     if not with_training_state:
         training_state = {k: state[k] for k in ("step", "tokens_seen")}
     save_checkpoint(model, path, run.optimizer if with_training_state and not run.cfg.fsdp else None,
-                    train_config=run.cfg.to_dict(), training_state=training_state, optimizer_dir=optimizer_dir)
+                    train_config=run.cfg.to_dict(), training_state=training_state, optimizer_dir=optimizer_dir,
+                    tokenizer=run.tokenizer)
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]:

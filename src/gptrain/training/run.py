@@ -28,7 +28,9 @@ from gptrain.core.runtime import (
     start_processes,
 )
 from gptrain.data.corpus import TokenWindows
+from gptrain.data.splits import data_tokenizer
 from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel
 from gptrain.model.lora import add_lora
@@ -67,13 +69,14 @@ class PendingBest:
             self.weights[name].copy_(tensor)
         self.cfg, self.training_state = model.cfg, training_state
 
-    def write(self, path: Path, train_config: dict[str, Any]) -> None:
+    def write(self, path: Path, train_config: dict[str, Any], tokenizer: Tokenizer) -> None:
         if self.training_state is None:
             return
         with torch.device("meta"):
             plain = GPTModel(self.cfg)
         load_state_into(plain, dict(self.weights), "the best weights")
-        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
+        save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state,
+                        tokenizer=tokenizer)
         self.training_state = None
 
 
@@ -88,7 +91,7 @@ class Run:
     scaler: torch.amp.GradScaler
     train_windows: TokenWindows
     val_windows: TokenWindows
-    tokenizer: Any
+    tokenizer: Tokenizer  # the model's: --init's, else the prepared data's, else GPT-2's; saved with each checkpoint
     out: Path
     steps_per_epoch: int
     total_steps: int
@@ -139,10 +142,11 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         check_launch(procs.world_size, device)
     prepare_device(device, sharded=cfg.fsdp)
     init_model = None
-    if cfg.init is not None:  # transfer learning: SOURCE's architecture and weights
-        init_model, init_sha256 = load_init_model(cfg, device)
+    tokenizer = data_tokenizer(cfg.data) or get_tokenizer()
+    if cfg.init is not None:  # transfer learning: SOURCE's architecture, weights and tokenizer
+        init_model, init_sha256, tokenizer = load_init_model(cfg, device)
         cfg = dataclasses.replace(cfg, init_sha256=init_sha256)
-    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
+    model_cfg = cfg.model_config(tokenizer) if init_model is None else init_model.cfg
     cfg = cfg.resolved_shape(model_cfg)
     echo(f"Model: {model_cfg.describe()}; {parameter_counts(model_cfg).total:,} parameters")
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
@@ -152,8 +156,7 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         grad_accum = grad_accum_for(cfg.global_batch_tokens, cfg.batch_size, model_cfg.context_length,
                                     procs.world_size)
         cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
-    tokenizer = get_tokenizer()
-    train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+    train_windows, val_windows = load_windows(cfg, model_cfg.context_length, tokenizer)
 
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
