@@ -45,6 +45,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_load_memory.py
 	$(BIN)/python benchmarks/bench_lecture.py
 

@@ -5,6 +5,9 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from gptrain.data.prepare import prepare
 from gptrain.data.tokenizer import get_tokenizer
 from gptrain.evaluation.scoring import score_text
 from gptrain.inference.generate import generate
+from gptrain.inference.serve import ServeConfig, make_server, url_of
 from gptrain.interop.pretrained import export_hf
 from gptrain.interop.sources import resolve_model
 from gptrain.store.checkpoint import read_checkpoint_config
@@ -77,6 +81,31 @@ def test_generate_continues_spanish_through_the_cli(spanish):
     expected = tokenizer.decode(ids[0].tolist())
     assert out.stdout == expected + "\n"
     assert len(expected) > len(prompt) + 12  # Spanish words, not single bytes
+
+
+def test_serve_completes_in_the_models_tokenizer(spanish):
+    work, tokenizer = spanish
+    source = resolve_model(work / "run")
+    server, sock = make_server(source.model, ServeConfig(port=0, model_name="es"), source.tokenizer)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        body = json.dumps({"model": "es", "prompt": "Y dijo Dios", "max_tokens": 8, "temperature": 0}).encode()
+        request = urllib.request.Request(url_of(sock) + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    prompt = tokenizer.encode_ordinary("Y dijo Dios")
+    ids = generate(source.model, torch.tensor([prompt]), 8, source.config.context_length, eos_id=tokenizer.eot_token)
+    assert answer["choices"][0]["text"] == tokenizer.decode(ids[0, len(prompt):].tolist())
+    assert answer["usage"]["prompt_tokens"] == len(prompt)
 
 
 def test_eval_counts_bits_per_byte_over_the_bytes_of_text(spanish):

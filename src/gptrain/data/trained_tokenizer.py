@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Collection, Literal, Protocol
 
@@ -23,6 +24,9 @@ from gptrain.data.tokenizer import END_OF_TEXT, TOKENIZER_NAME, bytes_to_unicode
 
 TOKENIZER_FILE = "tokenizer.json"
 BYTE_ALPHABET = 256  # a byte-level vocabulary holds every byte before any merge
+# After a newline between two non-spaces, GPT-2's and GPT-4's splits both start a new piece whatever
+# follows, so text cut there tokenizes as the whole does (gptrain.data.prepare.split_point's rule).
+SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 class Tokenizer(Protocol):
@@ -80,7 +84,12 @@ class TrainedTokenizer:
         ]
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self._ordinary.encode(text, add_special_tokens=False).ids
+        # One long string is encoded on one thread, at a quarter of tiktoken's speed; cut where the
+        # split cannot change, its lines are encoded on all cores, within 2x of it (bench_tokenizer.py).
+        lines = SAFE_CUT.split(text)
+        if len(lines) == 1:
+            return self._ordinary.encode(text, add_special_tokens=False).ids
+        return [i for encoding in self._ordinary.encode_batch(lines, add_special_tokens=False) for i in encoding.ids]
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | Collection[str] = frozenset()) -> list[int]:
         if allowed_special == "all" or END_OF_TEXT in allowed_special:
