@@ -11,11 +11,11 @@ from gptrain.cli.common import add_device_flag, add_model_flags
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "serve", help="serve a model over the OpenAI completions API, with a playground page",
+        "serve", help="serve a model over the OpenAI completions and chat APIs, with a playground page",
         description="Serve a model over HTTP: the OpenAI completions API (GET /v1/models, POST /v1/completions, "
-                    "streamed or not), GET /health, and a playground page at /. Concurrent requests share forward "
-                    "passes (continuous batching). Ctrl-C or SIGTERM stops it; running requests get "
-                    "--shutdown-timeout seconds to finish.",
+                    "streamed or not; POST /v1/chat/completions for an instruction-tuned model), GET /health, and a "
+                    "playground page at /. Concurrent requests share forward passes (continuous batching). Ctrl-C or "
+                    "SIGTERM stops it; running requests get --shutdown-timeout seconds to finish.",
     )
     add_model_flags(p, help="the model to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 is every interface [127.0.0.1]")
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                       max_tokens=args.max_request_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
                       shutdown_timeout=args.shutdown_timeout)
     source = resolve_model(args.model, device=resolve_device(args.device), n_heads=args.n_heads)
+    cfg = dataclasses.replace(cfg, template=source.template)
     if args.model_name is None:
         name = f"gpt2-{args.model}" if source.kind == GPT2_SIZE else Path(args.model).expanduser().resolve().name
         cfg = dataclasses.replace(cfg, model_name=name)

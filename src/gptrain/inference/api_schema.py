@@ -33,6 +33,7 @@ class ServeConfig:
     max_logprobs: int = 20
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 5.0
+    template: str | None = None  # the prompt template of an instruction-tuned model; None: no chat
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

@@ -211,8 +211,9 @@ class CompletionService:
             offset += len(self.token_text(info.token))
         return entries
 
-    def start(self, request: CompletionRequest) -> Completion:
-        """Check ``request``, turn it into sequences and queue them in the engine."""
+    def start(self, request: CompletionRequest, kind: type[Completion] | None = None) -> Completion:
+        """Check ``request``, turn it into sequences and queue them in the engine (as a ``kind``, by default a
+        :class:`Completion`)."""
         self.check(request)
         prompts = self.prompts(request)
         capacity = self.cfg.max_batch + self.cfg.max_queue
@@ -220,7 +221,7 @@ class CompletionService:
         if wanted > capacity:
             raise APIError(400, f"{len(prompts)} prompts x n = {wanted} sequences, more than the server ever holds "
                                 f"({capacity}): split the request", "prompt")
-        completion = Completion(self, request, prompts)
+        completion = (kind or Completion)(self, request, prompts)
         try:
             self.engine.submit(completion.sequences)
         except QueueFull as exc:
@@ -298,9 +299,12 @@ class Completion:
                             "logprobs": self.logprobs(echo_entries + entries[sequence.choice])})
         return {**self.head, "choices": choices, "usage": self.usage()}
 
+    def stream_choice(self, choice: int, text: str, entries: list, finish_reason: str | None) -> dict:
+        """One choice's part of a streamed chunk."""
+        return {"index": choice, "text": text, "logprobs": self.logprobs(entries), "finish_reason": finish_reason}
+
     def _chunk(self, choice: int, text: str, entries: list, finish_reason: str | None = None) -> str:
-        body = {**self.head, "choices": [{"index": choice, "text": text, "logprobs": self.logprobs(entries),
-                                          "finish_reason": finish_reason}]}
+        body = {**self.head, "choices": [self.stream_choice(choice, text, entries, finish_reason)]}
         return f"data: {json.dumps(body)}\n\n"
 
     async def stream(self) -> AsyncIterator[str]:

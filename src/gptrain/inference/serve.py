@@ -1,4 +1,5 @@
-"""``gptrain serve``: the OpenAI Completions API over a model, with continuous batching and a playground.
+"""``gptrain serve``: the OpenAI Completions and Chat Completions APIs over a model, with continuous
+batching and a playground.
 
 The server is a FastAPI app on uvicorn; this module holds its routes, its socket and its
 lifetime. A request's body is read and checked in :mod:`gptrain.inference.api_schema` (bad
@@ -30,7 +31,8 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.api_schema import APIError, CompletionRequest, DistributionRequest, ServeConfig, parse_body
-from gptrain.inference.completions import CompletionService
+from gptrain.inference.chat import ChatCompletion, ChatCompletionRequest, completion_request
+from gptrain.inference.completions import Completion, CompletionService
 
 
 def authorize(request: Request, cfg: ServeConfig) -> None:
@@ -89,7 +91,7 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer: Toke
 
     def model_card() -> dict:
         return {"id": cfg.model_name, "object": "model", "created": service.created, "owned_by": "gptrain",
-                "max_model_len": service.context_length}
+                "max_model_len": service.context_length, "chat_template": cfg.template}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
@@ -104,13 +106,21 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer: Toke
                            "model", "model_not_found")
         return model_card()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        authorize(request, cfg)
-        completion = service.start(parse_body(await read_body(request, cfg), CompletionRequest))
+    async def respond(completion: Completion):
         if completion.request.stream:
             return StreamingResponse(completion.stream(), media_type="text/event-stream")
         return await completion.response()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request, cfg)
+        return await respond(service.start(parse_body(await read_body(request, cfg), CompletionRequest)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request, cfg)
+        chat = parse_body(await read_body(request, cfg), ChatCompletionRequest)
+        return await respond(service.start(completion_request(chat, service), ChatCompletion))
 
     @functools.lru_cache(maxsize=16)
     def last_logits(prompt: tuple[int, ...]) -> torch.Tensor:

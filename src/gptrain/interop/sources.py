@@ -55,6 +55,7 @@ class ModelSource:
     origin: str  # the reference as given, and what it resolved to
     weights_file: Path  # the file the weights were read from (its sha256 identifies them)
     tokenizer: Tokenizer  # what the model reads and writes text with (name, sha256, encode, decode ...)
+    template: str | None = None  # the prompt template of an instruction-tuned checkpoint
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,9 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
     """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``."""
     located = _locate(source)
     tokenizer = _tokenizer(located)
+    template = None
     if located.checkpoint is not None:
+        template = read_checkpoint_config(located.checkpoint).get("template")
         model = load_checkpoint(located.checkpoint, device=device)
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
@@ -169,7 +172,7 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
                            f"{tokenizer.n_vocab:,} tokens of its tokenizer {tokenizer.name}: it is not that "
                            "tokenizer's model; give --model the folder it was exported or trained in")
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
-                       weights_file=located.weights_file, tokenizer=tokenizer)
+                       weights_file=located.weights_file, tokenizer=tokenizer, template=template)
 
 
 def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:

@@ -70,11 +70,13 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
-                    tokenizer: Tokenizer | None = None) -> Path:
+                    template: str | None = None, tokenizer: Tokenizer | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
-    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``.
-    ``tokenizer`` (GPT-2's by default) is recorded, and a trained one saved as ``tokenizer.json``.
+    ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
+    the prompt template an instruction-tuned model was taught with (see gptrain.data.templates), is
+    recorded so that later commands format prompts the same way. ``tokenizer`` (GPT-2's by default)
+    is recorded, and a trained one saved as ``tokenizer.json``.
     """
     path = Path(path)
     model = unwrap_model(model)
@@ -96,6 +98,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
                 "step": state.get("step"),
                 "tokens_seen": state.get("tokens_seen"),
             }
+            if template is not None:
+                config["template"] = template
             write_json_atomic(tmp / CONFIG_FILE, config)
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
