@@ -8,9 +8,13 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as HFTokenizer
 
 from conftest import TEST_DATA
 from gptrain import GPTModel, save_checkpoint
@@ -53,6 +57,34 @@ def test_a_spanish_tokenizer_takes_fewer_tokens_than_gpt2_on_held_out_spanish(sp
     assert ours.bytes == gpt2.bytes == len((work / "held-out.txt").read_bytes())
     # GPT-2's BPE spends a token on every 2.6 bytes of this Spanish; 2,048 Spanish tokens on every 3.3.
     assert gpt2.tokens / gpt2.bytes > 0.37 and ours.tokens / ours.bytes < 0.31
+
+
+@pytest.fixture(scope="module")
+def both_patterns(spanish, tmp_path_factory):
+    """The Spanish tokenizer (GPT-2's split) and one with GPT-4's split, each beside the tokenizers library
+    reading its tokenizer.json."""
+    work, tokenizer = spanish
+    gpt4 = train_tokenizer([str(GENESIS)], tmp_path_factory.mktemp("gpt4") / "tok", 1500, pattern="gpt4")
+    library = lambda folder: HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    return [(tokenizer, library(work / "tok")), (gpt4, library(Path(gpt4.name)))]
+
+
+def test_tiktokens_twin_encodes_the_corpora_as_tokenizer_json(both_patterns, verdict_text):
+    text = GENESIS.read_text(encoding="utf-8") + "<|endoftext|>" + verdict_text
+    for ours, library in both_patterns:
+        assert ours.twin is not None
+        library.encode_special_tokens = True  # <|endoftext|> in the text is text, as in encode_ordinary
+        assert ours.encode_ordinary(text) == library.encode(text).ids
+        library.encode_special_tokens = False
+        assert ours.encode(text, allowed_special={"<|endoftext|>"}) == library.encode(text).ids
+
+
+@settings(max_examples=150)
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=200))
+def test_tiktokens_twin_encodes_any_text_as_tokenizer_json(both_patterns, text):
+    for ours, library in both_patterns:
+        library.encode_special_tokens = True
+        assert ours.twin.encode_ordinary(text) == library.encode(text).ids
 
 
 def test_the_checkpoint_carries_its_tokenizer_and_its_vocabulary_is_the_tokenizers(spanish):

@@ -25,12 +25,9 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.oserrors import check_output_dir
 from gptrain.data.prepare import BLOCK_CHARS, Stats, batch_pieces, find_inputs, input_bytes, iter_pieces
-from gptrain.data.tokenizer import END_OF_TEXT
+from gptrain.data.tokenizer import END_OF_TEXT, GPT4_PATTERN
 from gptrain.data.trained_tokenizer import BYTE_ALPHABET, TOKENIZER_FILE, Tokenizer, TrainedTokenizer, load_tokenizer
 
-# GPT-4's split (tiktoken's cl100k_base), in the form Hugging Face's tiktoken converter writes.
-GPT4_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 PATTERNS = ("gpt2", "gpt4")
 SPECIAL_TOKENS = [END_OF_TEXT]
 # AutoTokenizer reads these beside tokenizer.json; without them it would guess, or go online.

@@ -212,8 +212,11 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
         raise GptrainError(f"{out} is not empty: {hint}")
     paths = find_inputs(inputs)
-    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early).
+    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early),
+    # with the fast encoder of a trained one.
     encoder = load_tokenizer(tokenizer)
+    if isinstance(encoder, TrainedTokenizer):
+        encoder.twin
     dtype = shard_dtype(encoder.n_vocab)
     encode = functools.partial(encode_batch, tokenizer, np.dtype(dtype).name)
     workers = workers or os.cpu_count() or 1
