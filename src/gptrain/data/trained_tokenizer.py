@@ -33,9 +33,9 @@ from gptrain.data.tokenizer import (
 
 TOKENIZER_FILE = "tokenizer.json"
 BYTE_ALPHABET = 256  # a byte-level vocabulary holds every byte before any merge
+BULK_CHARS = 1 << 16  # texts this long are worth building tiktoken's twin for (TrainedTokenizer.twin)
 # After a newline between two non-spaces, GPT-2's and GPT-4's splits both start a new piece whatever
 # follows, so text cut there tokenizes as the whole does (gptrain.data.prepare.split_point's rule).
-BULK_CHARS = 1 << 16  # texts this long are worth building tiktoken's twin for (TrainedTokenizer.twin)
 SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
@@ -98,9 +98,13 @@ class TrainedTokenizer:
         """:func:`tiktoken_twin`, built on the first long text (checking it takes a second or more)."""
         return tiktoken_twin(self)
 
+    def _fast(self, text: str) -> tiktoken.Encoding | None:
+        """The twin once it is built (prepare builds it first), or for a text long enough to build it."""
+        return self.twin if "twin" in self.__dict__ or len(text) >= BULK_CHARS else None
+
     def encode_ordinary(self, text: str) -> list[int]:
-        if len(text) >= BULK_CHARS and self.twin is not None:
-            return self.twin.encode_ordinary(text)
+        if (fast := self._fast(text)) is not None:
+            return fast.encode_ordinary(text)
         # One long string is encoded on one thread, at a quarter of tiktoken's speed; cut where the
         # split cannot change, its lines are encoded on all cores.
         lines = SAFE_CUT.split(text)
@@ -110,8 +114,8 @@ class TrainedTokenizer:
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | Collection[str] = frozenset()) -> list[int]:
         if allowed_special == "all" or END_OF_TEXT in allowed_special:
-            if len(text) >= BULK_CHARS and self.twin is not None:
-                return self.twin.encode(text, allowed_special={END_OF_TEXT})
+            if (fast := self._fast(text)) is not None:
+                return fast.encode(text, allowed_special={END_OF_TEXT})
             return self._tokenizer.encode(text, add_special_tokens=False).ids
         if END_OF_TEXT in text:
             raise GptrainError(f"the text holds {END_OF_TEXT}: allow it (allowed_special) or use encode_ordinary")
@@ -165,7 +169,8 @@ def tiktoken_twin(tokenizer: TrainedTokenizer) -> tiktoken.Encoding | None:
     model = spec.get("model") or {}
     pattern = split_pattern(spec.get("pre_tokenizer") or {})
     if (pattern is None or spec.get("normalizer") is not None or model.get("type") != "BPE"
-            or model.get("dropout") is not None or model.get("ignore_merges") or model.get("byte_fallback")):
+            or model.get("dropout") is not None or model.get("ignore_merges") or model.get("byte_fallback")
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")):
         return None
     ranks = {token: rank for rank, token in enumerate(tokenizer._token_bytes) if rank != tokenizer.eot_token}
     if len(ranks) != tokenizer.n_vocab - 1:

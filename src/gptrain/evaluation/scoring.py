@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device, resolve_precision
+from gptrain.data.tokenizer import get_tokenizer
 from gptrain.evaluation.heldout import (
     Evaluation,
     check_eval_tokens,
@@ -25,7 +27,11 @@ def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = Non
     """The description of ``data`` (see :func:`load_eval_tokens`) and the loss on it of the model that
     ``model`` names (see :func:`gptrain.interop.sources.resolve_model`), in sliding windows of
     ``context_length`` tokens every ``stride`` (both the model's context by default)."""
-    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field, resolve_tokenizer(model))
+    try:
+        tokenizer = resolve_tokenizer(model)
+    except GptrainError:
+        tokenizer = get_tokenizer()  # the data is checked first all the same; the model's error comes next
+    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field, tokenizer)
     check_eval_tokens(len(tokens))
     resolved = resolve_device(device)
     loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
