@@ -50,6 +50,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_tasks.py
 	$(BIN)/python benchmarks/bench_prepare.py --sizes-mb 100  # quick: 100 MB only
+	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_load_memory.py
 	$(BIN)/python benchmarks/bench_integrity.py --rounds 1  # quick: one round
 	$(BIN)/python benchmarks/bench_lecture.py --epochs 3 --skip-fp32 --plot $(BENCH_PLOTS)/lecture_losses.png  # quick: 3 epochs

@@ -24,7 +24,7 @@ from common import find_verdict, hf_model_from, machine_description, provenance 
 
 from gptrain import get_preset  # noqa: E402
 from gptrain.core.runtime import AUTOCAST_DTYPES, resolve_device
-from gptrain.data.splits import gpt2_tokens
+from gptrain.data.splits import text_tokens
 from gptrain.evaluation.heldout import evaluate_tokens, sliding_windows
 from gptrain.model.gpt import GPTModel
 
@@ -73,7 +73,7 @@ def main() -> None:
     model = GPTModel(get_preset(args.preset).replace(context_length=args.context, drop_rate=0.0)).eval()
     reference = hf_model_from(model).eval().to(device)
     model.to(device)
-    tokens = gpt2_tokens(find_verdict().read_text(encoding="utf-8"))
+    tokens = text_tokens(find_verdict().read_text(encoding="utf-8"))
     print(f"{machine_description(device)}; {args.preset} at context {args.context}, batch {args.batch}, "
           f"{args.precision}; the-verdict.txt, {len(tokens):,} tokens")
     print(f"{'stride':>6} {'windows':>7}  {'implementation':<16} {'loss':>9} {'tokens/s':>9}")

@@ -69,9 +69,8 @@ def tree_rss_bytes(root: int) -> tuple[int, int]:
     return total, largest
 
 
-def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "gptrain", "prepare", str(corpus), "--out", str(out), "--workers", str(workers),
-           "--overwrite"]
+def run_measured(cmd: list[str]) -> tuple[float, int, int]:
+    """Run ``cmd``; its wall time and the peaks of (sum, largest) of its process tree's memory."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_sum = peak_one = 0
@@ -80,9 +79,16 @@ def run_prepare(corpus: Path, out: Path, workers: int) -> dict:
         peak_sum, peak_one = max(peak_sum, total), max(peak_one, largest)
         time.sleep(0.05)
     wall = time.perf_counter() - started
-    out_text, err = proc.communicate()
+    _, err = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"prepare failed: {err}")
+        raise SystemExit(f"{' '.join(cmd[:5])} ... failed: {err}")
+    return wall, peak_sum, peak_one
+
+
+def run_prepare(corpus: Path, out: Path, workers: int, tokenizer: str = "gpt2") -> dict:
+    cmd = [sys.executable, "-m", "gptrain", "prepare", str(corpus), "--out", str(out), "--workers", str(workers),
+           "--overwrite", "--tokenizer", tokenizer]
+    wall, peak_sum, peak_one = run_measured(cmd)
     meta = json.loads((out / "meta.json").read_text())
     tokens = meta["train_tokens"] + meta["val_tokens"]
     return {"tokens": tokens, "seconds": meta["seconds"], "wall": wall,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from gptrain import GPTConfig, GPTModel, save_checkpoint
 from gptrain.cli import main
 from gptrain.data.corpus import open_shards, split_text
-from gptrain.data.splits import gpt2_tokens
+from gptrain.data.splits import text_tokens
 from gptrain.evaluation.heldout import evaluate_text, evaluate_tokens, sliding_windows
 from gptrain.data.prepare import prepare
 from gptrain.core.runtime import resolve_precision
@@ -67,7 +67,7 @@ def test_stride_equal_to_context_gives_disjoint_windows():
 def test_equals_a_token_by_token_computation(tiny_cfg, verdict_text, context, stride, chars):
     model = seeded_model(tiny_cfg)
     text = verdict_text[:chars] if chars > 1 else "Hello world"  # 2 tokens: the shortest text that scores
-    tokens = gpt2_tokens(text).tolist()
+    tokens = text_tokens(text).tolist()
     result = evaluate_text(model, text, context_length=context, stride=stride, batch_size=3, progress=False)
     expected = token_by_token_nats(model, tokens, context, stride)
     assert result.scored_tokens == len(tokens) - 1
@@ -125,7 +125,7 @@ def test_equals_hf_transformers_loss_on_the_same_windows(tiny_cfg, verdict_text,
     text = verdict_text[:chars]
     ours = evaluate_text(model, text, context_length=context, stride=stride, batch_size=4, progress=False)
 
-    tokens = torch.from_numpy(gpt2_tokens(text).astype(np.int64))
+    tokens = torch.from_numpy(text_tokens(text).astype(np.int64))
     length, windows = sliding_windows(len(tokens), context, stride)
     inputs = torch.stack([tokens[w.start:w.start + length] for w in windows])
     labels = torch.stack([tokens[w.start + 1:w.start + length + 1] for w in windows])
@@ -164,7 +164,7 @@ def test_eval_a_text_file(tmp_path, checkpoint, verdict_text, capsys):
     figures = fp32_json(capsys, *data, "--stride", "16")
     expected = evaluate_text(model, text, stride=16, progress=False)
     assert figures["loss"] == pytest.approx(expected.loss, abs=1e-6)
-    assert figures["bytes"] == len(text.encode("utf-8")) and figures["tokens"] == len(gpt2_tokens(text))
+    assert figures["bytes"] == len(text.encode("utf-8")) and figures["tokens"] == len(text_tokens(text))
     assert figures["context_length"] == 32 and figures["tokens_per_s"] > 0
 
     val = fp32_json(capsys, *data, "--split", "val")
@@ -290,7 +290,7 @@ def test_a_checkpoint_or_folder_from_another_tokenizer_is_refused(tmp_path, chec
     (checkpoint / "config.json").write_text(json.dumps(config))
     (tmp_path / "text.txt").write_text(verdict_text[:500], encoding="utf-8")
     line = one_line_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "text.txt")])
-    assert "was trained with another tokenizer (cl100k_base" in line
+    assert "was trained with the tokenizer cl100k_base (sha256 abababababab…) but holds no tokenizer.json" in line
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text(verdict_text[:300], encoding="utf-8")
@@ -302,7 +302,7 @@ def test_a_checkpoint_or_folder_from_another_tokenizer_is_refused(tmp_path, chec
                                                    n_layers=1)), tmp_path / "ok")
     line = one_line_error(capsys, ["eval", "--checkpoint", str(other), "--data", str(tmp_path / "shards"),
                                    "--split", "train"])
-    assert "was tokenized with another tokenizer" in line
+    assert "was prepared with the tokenizer gpt2 (sha256 cdcdcdcdcdcd…), which is neither in the folder" in line
 
 
 def test_eval_needs_a_model(verdict_path, capsys):

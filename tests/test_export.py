@@ -108,7 +108,7 @@ def test_export_never_replaces_its_own_source(tmp_path, tiny_cfg):
 
 
 def test_a_vocabulary_smaller_than_gpt2s_is_refused(tmp_path, tiny_cfg):
-    with pytest.raises(GptrainError, match="fewer than GPT-2's tokenizer needs"):
+    with pytest.raises(GptrainError, match="fewer than its tokenizer gpt2 needs"):
         export_hf(GPTModel(tiny_cfg.replace(vocab_size=1000)), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

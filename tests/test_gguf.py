@@ -137,7 +137,7 @@ def test_what_llama_cpp_cannot_run_is_refused_in_one_line(tmp_path, tiny_cfg):
     torch.save(classifier.state_dict(), tmp_path / "classifier.pth")
     with pytest.raises(GptrainError, match=r"out_head.weight has shape \(2, 32\)"):
         export_gguf(tmp_path / "classifier.pth", tmp_path / "a.gguf", n_heads=4)
-    with pytest.raises(GptrainError, match="1000 token embeddings, fewer than GPT-2's tokenizer needs"):
+    with pytest.raises(GptrainError, match="1000 token embeddings, fewer than its tokenizer gpt2 needs"):
         export_gguf(GPTModel(tiny_cfg.replace(vocab_size=1000)), tmp_path / "a.gguf")
     with pytest.raises(GptrainError, match="quantized with gptrain.quantize"):
         export_gguf(quantize(GPTModel(tiny_cfg)), tmp_path / "a.gguf")

@@ -7,7 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from gptrain import GPTConfig, GPTModel, TrainConfig, export_hf, load_weights_into_gpt, save_checkpoint
+from gptrain import GPTConfig, GPTModel, TrainConfig, export_hf, get_tokenizer, load_weights_into_gpt, save_checkpoint
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.core.tomlfile import toml_table
@@ -45,7 +45,7 @@ def test_every_form_of_a_reference_gives_the_same_model(saved):
         source = resolve_model(reference)
         assert source.kind == kind, reference
         assert str(reference) in source.origin and source.weights_file.is_file()
-        assert source.config.n_heads == 4 and source.tokenizer == "gpt2"
+        assert source.config.n_heads == 4 and source.tokenizer is get_tokenizer()
         torch.testing.assert_close(logits(source.model), expected, rtol=1e-5, atol=1e-5)
     # The book's names carry no head count: --n-heads gives it, or a config.json beside the file.
     torch.testing.assert_close(logits(resolve_model(book, n_heads=4).model), expected, rtol=1e-5, atol=1e-5)
@@ -103,11 +103,17 @@ def test_any_shape_is_trained_saved_and_read_back(tmp_path, verdict_path, capsys
     ({"emb_dim": 30, "n_heads": 4}, "--emb-dim 30 is not divisible by --n-heads 4"),
     ({"preset": "tiny", "n_heads": 3}, "--emb-dim 64 is not divisible by --n-heads 3"),
     ({"n_layers": 0}, "--n-layers must be a positive integer, not 0"),
-    ({"vocab_size": 1000}, "--vocab-size 1000 is smaller than the GPT-2 tokenizer's 50,257 tokens"),
 ])
 def test_a_bad_shape_is_refused_before_any_data_is_read(settings, message):
     with pytest.raises(GptrainError, match=message):
         TrainConfig(data="no-such-corpus", **settings)
+
+
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_before_any_data_is_read(tmp_path, capsys):
+    assert main(["train", "--data", "no-such-corpus", "--vocab-size", "1000", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == ("gptrain: error: --vocab-size 1000 is smaller than the 50,257 tokens of "
+                                               "the tokenizer gpt2: give at least 50257 (more only adds unused rows), "
+                                               "or leave it out")
 
 
 def test_without_a_preset_the_shape_flags_start_from_gpt2(tmp_path):

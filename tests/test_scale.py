@@ -256,7 +256,7 @@ def test_shard_bad_inputs(shards, tmp_path):
     meta = json.loads((other / "meta.json").read_text())
     meta["tokenizer"]["sha256"] = "0" * 64
     (other / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="tokenized with another tokenizer"):
+    with pytest.raises(ValueError, match="was prepared with the tokenizer gpt2"):
         train(run_cfg(other, tmp_path / "a"), echo=quiet)
 
     truncated = tmp_path / "truncated"

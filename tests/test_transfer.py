@@ -86,7 +86,7 @@ def test_init_starts_from_the_sources_weights(make_source, tmp_path, story_page)
 
 def test_init_truncates_positions_and_sets_dropout(tmp_path, story_page):
     source, _ = hf_folder(tmp_path)
-    model, sha256 = load_init_model(init_run(tmp_path, story_page, source, dropout=0.25))
+    model, sha256, _ = load_init_model(init_run(tmp_path, story_page, source, dropout=0.25))
     base = load_gpt2(source)
     assert model.cfg == base.cfg.replace(context_length=CONTEXT, drop_rate=0.25) and model.training
     assert torch.equal(model.pos_emb.weight, base.pos_emb.weight[:CONTEXT])

@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     if args.model_name is None:
         name = f"gpt2-{args.model}" if source.kind == GPT2_SIZE else Path(args.model).expanduser().resolve().name
         cfg = dataclasses.replace(cfg, model_name=name)
-    serve(source.model, cfg)
+    serve(source.model, cfg, source.tokenizer)
     return 0

@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.oserrors import check_output_dir
 from gptrain.data.prepare import BLOCK_CHARS, Stats, batch_pieces, find_inputs, input_bytes, iter_pieces
-from gptrain.data.tokenizer import END_OF_TEXT
-from gptrain.data.trained_tokenizer import BYTE_ALPHABET, TOKENIZER_FILE, AnyTokenizer, TrainedTokenizer, load_tokenizer
+from gptrain.data.tokenizer import END_OF_TEXT, GPT4_PATTERN
+from gptrain.data.trained_tokenizer import BYTE_ALPHABET, TOKENIZER_FILE, Tokenizer, TrainedTokenizer, load_tokenizer
 
-# GPT-4's split (tiktoken's cl100k_base), in the form Hugging Face's tiktoken converter writes.
-GPT4_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 PATTERNS = ("gpt2", "gpt4")
 SPECIAL_TOKENS = [END_OF_TEXT]
 # AutoTokenizer reads these beside tokenizer.json; without them it would guess, or go online.
@@ -45,11 +43,11 @@ TOKENIZER_CONFIG = {
 SPECIAL_TOKENS_MAP = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
 
 
-def new_tokenizer(pattern: str) -> Tokenizer:
+def new_tokenizer(pattern: str) -> HFTokenizer:
     """An untrained byte-level BPE with GPT-2's or GPT-4's pre-tokenizer split."""
     if pattern not in PATTERNS:
         raise GptrainError(f"--pattern {pattern!r} is not one of {', '.join(PATTERNS)}")
-    tokenizer = Tokenizer(models.BPE())
+    tokenizer = HFTokenizer(models.BPE())
     if pattern == "gpt2":
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
@@ -69,7 +67,7 @@ def corpus_texts(paths: list[Path], text_field: str, stats: Stats) -> Iterator[l
 
 
 def train_tokenizer(corpus: list[str], out: str | Path, vocab_size: int, *, pattern: str = "gpt2",
-                    text_field: str = "text", overwrite: bool = False) -> AnyTokenizer:
+                    text_field: str = "text", overwrite: bool = False) -> Tokenizer:
     """Train on the files of ``corpus`` and write ``out/tokenizer.json`` (+ transformers' config)."""
     if vocab_size < BYTE_ALPHABET + len(SPECIAL_TOKENS):
         raise GptrainError(f"--vocab-size must be at least {BYTE_ALPHABET + len(SPECIAL_TOKENS)} (the "

@@ -16,11 +16,20 @@ from gptrain.core.download import cache_dir, download_file
 from gptrain.core.errors import GptrainError
 from gptrain.core.hashing import sha256_file
 from gptrain.data.readers import ReadStats, read_jsonl_documents
-from gptrain.data.tokenizer import END_OF_TEXT, TABLE_SHA256, encode_text, get_tokenizer
+from gptrain.data.tokenizer import END_OF_TEXT, encode_text, get_tokenizer
+from gptrain.data.trained_tokenizer import (
+    TOKENIZER_FILE,
+    Tokenizer,
+    describe_tokenizer,
+    load_tokenizer,
+    same_tokenizer,
+    tokenizer_from_bytes,
+)
 
 SHARD_FORMAT = "gptrain-shards"
 JSONL_SUFFIX = ".jsonl"
 SHARD_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
+META_FILE = "meta.json"
 
 
 def shard_dtype(vocab_size: int) -> type[np.unsignedinteger]:
@@ -198,34 +207,79 @@ class Shards:
 
 
 def is_shard_dir(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "meta.json").is_file()
+    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
+
+
+def nested_shard_dirs(path: str | Path) -> list[Path]:
+    """The prepared folders inside ``path`` (itself none), which training reads one at a time."""
+    path = Path(path)
+    if not path.is_dir() or is_shard_dir(path):
+        return []
+    return sorted(meta.parent for meta in path.rglob(META_FILE) if is_shard_dir(meta.parent))
+
+
+def check_not_nested(path: str | Path) -> None:
+    """Refuse a folder of prepared folders: one tokenizer's shards are read, from one folder."""
+    nested = nested_shard_dirs(path)
+    if not nested:
+        return
+    identities = {}
+    for folder in nested:
+        try:
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            identity = meta.get("tokenizer") or {}
+        except (OSError, ValueError, AttributeError):
+            identity = {}
+        identities.setdefault(identity.get("sha256"), (folder, identity))
+    if len(identities) > 1:
+        (a, first), (b, second) = list(identities.values())[:2]
+        raise GptrainError(f"{path} mixes shards of {len(identities)} tokenizers ({a.name}: "
+                           f"{describe_tokenizer(first)}, {b.name}: {describe_tokenizer(second)}): give --data one "
+                           "prepared folder, or prepare all the text with one --tokenizer into one folder")
+    raise GptrainError(f"{path} holds {len(nested)} prepared folders, not one ({nested[0].name}, ...): give --data "
+                       "one of them, or prepare all the text into one folder")
 
 
 def open_shards(path: str | Path) -> Shards:
-    """Open a prepared folder, checking its tokenizer and that no file is truncated."""
+    """Open a prepared folder, checking that no file is truncated."""
     path = Path(path)
     try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptrainError(f"{path / 'meta.json'} cannot be read ({exc}): run gptrain prepare again") from None
+        raise GptrainError(f"{path / META_FILE} cannot be read ({exc}): run gptrain prepare again") from None
     if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
-        raise GptrainError(f"{path / 'meta.json'} was not written by gptrain prepare: run gptrain prepare on the text")
-    made_with = (meta.get("tokenizer") or {}).get("sha256")
-    if made_with != TABLE_SHA256:
-        raise GptrainError(
-            f"{path} was tokenized with another tokenizer (sha256 {str(made_with)[:12]}…, ours {TABLE_SHA256[:12]}…): "
-            "run gptrain prepare on the text again"
-        )
+        raise GptrainError(f"{path / META_FILE} was not written by gptrain prepare: run gptrain prepare on the text")
+    dtype = np.dtype(meta.get("dtype", np.dtype(SHARD_DTYPE).name))
     arrays = {}
     for split in ("train", "val"):
         file = path / f"{split}.bin"
         expected = meta.get(f"{split}_tokens", 0)
         size = file.stat().st_size if file.exists() else -1
-        if size != expected * np.dtype(SHARD_DTYPE).itemsize:
+        if size != expected * dtype.itemsize:
             raise GptrainError(
                 f"{file} holds {max(size, 0):,} bytes but meta.json counts {expected:,} tokens: the folder is "
                 "incomplete, run gptrain prepare again"
             )
-        arrays[split] = (np.memmap(file, dtype=SHARD_DTYPE, mode="r") if expected
-                         else np.zeros(0, dtype=SHARD_DTYPE))
+        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if expected else np.zeros(0, dtype=dtype)
     return Shards(path, meta, arrays["train"], arrays["val"])
+
+
+def shards_tokenizer(shards: Shards) -> Tokenizer:
+    """The tokenizer a prepared folder was made with: GPT-2's, the copy of a trained one that
+    ``gptrain prepare`` keeps in the folder, or (a folder prepared before it kept one) the
+    tokenizer's own folder, if it still holds the same tokenizer."""
+    recorded = shards.meta.get("tokenizer") or {}
+    if same_tokenizer(recorded, get_tokenizer()):
+        return get_tokenizer()
+    copy = shards.path / TOKENIZER_FILE
+    if copy.is_file():
+        tokenizer = tokenizer_from_bytes(copy.read_bytes(), str(recorded.get("name")), copy)
+    elif (Path(str(recorded.get("name"))) / TOKENIZER_FILE).is_file():
+        tokenizer = load_tokenizer(str(recorded.get("name")))
+    else:
+        raise GptrainError(f"{shards.path} was prepared with the tokenizer {describe_tokenizer(recorded)}, which is "
+                           f"neither in the folder nor at {recorded.get('name')}: run gptrain prepare again")
+    if not same_tokenizer(recorded, tokenizer):
+        raise GptrainError(f"{shards.path} was prepared with the tokenizer {describe_tokenizer(recorded)}, not with "
+                           f"{describe_tokenizer(tokenizer)}: run gptrain prepare again")
+    return tokenizer

@@ -39,7 +39,7 @@ from gptrain.data.readers import (
     read_jsonl_documents,
 )
 from gptrain.data.tokenizer import TOKENIZER_NAME
-from gptrain.data.trained_tokenizer import load_tokenizer, tokenizer_identity
+from gptrain.data.trained_tokenizer import TOKENIZER_FILE, TrainedTokenizer, load_tokenizer, tokenizer_identity
 
 BLOCK_CHARS = 1 << 20  # text per work item: large enough to amortise the process hop
 
@@ -212,8 +212,11 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
         hint = "pass --overwrite to replace it" if (out / "meta.json").exists() else "choose an empty or new --out"
         raise GptrainError(f"{out} is not empty: {hint}")
     paths = find_inputs(inputs)
-    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early).
+    # Loaded here, before the workers fork, so that they inherit it built (and a bad one stops us early),
+    # with the fast encoder of a trained one.
     encoder = load_tokenizer(tokenizer)
+    if isinstance(encoder, TrainedTokenizer):
+        encoder.twin
     dtype = shard_dtype(encoder.n_vocab)
     encode = functools.partial(encode_batch, tokenizer, np.dtype(dtype).name)
     workers = workers or os.cpu_count() or 1
@@ -260,6 +263,8 @@ def prepare(inputs: list[str], out: str | Path, *, val_fraction: float = 0.1, te
             "seconds": round(elapsed, 3),
             "tokens_per_second": round(sum(counts.values()) / max(elapsed, 1e-9)),
         }
+        if isinstance(encoder, TrainedTokenizer):  # the folder reads alone: train saves it in its checkpoints
+            (tmp / TOKENIZER_FILE).write_bytes(encoder.data)
         write_json_atomic(tmp / "meta.json", meta)
     return meta
 

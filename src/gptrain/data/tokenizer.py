@@ -21,6 +21,9 @@ VOCAB_SIZE = 50257
 # The GPT-2 pre-tokenizer split, as tiktoken writes it for r50k_base/gpt2 (possessive
 # quantifiers make it faster than OpenAI's original pattern without changing any split).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's split (tiktoken's cl100k_base), in the form Hugging Face's tiktoken converter writes.
+GPT4_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 def _table_bytes() -> bytes:
@@ -43,10 +46,17 @@ def load_merge_ranks() -> dict[bytes, int]:
     return ranks
 
 
+class GPT2Encoding(tiktoken.Encoding):
+    """tiktoken's GPT-2 encoding that also names the hash of its table, as every gptrain tokenizer does
+    (see :class:`gptrain.data.trained_tokenizer.Tokenizer`)."""
+
+    sha256 = TABLE_SHA256
+
+
 @functools.cache
-def get_tokenizer() -> tiktoken.Encoding:
+def get_tokenizer() -> GPT2Encoding:
     """The GPT-2 encoding (identical to ``tiktoken.get_encoding("gpt2")``), with no network access."""
-    return tiktoken.Encoding(
+    return GPT2Encoding(
         name=TOKENIZER_NAME,
         pat_str=GPT2_PATTERN,
         mergeable_ranks=load_merge_ranks(),
@@ -90,6 +100,20 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+def bpe_parts(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
+    """``token``'s bytes merged as tiktoken merges them (the lowest-ranked pair first), with only the
+    tokens ranked below ``below``. For the token of rank r, a table made by BPE training stops at the
+    two tokens whose merge made it."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        pair_ranks = [ranks.get(a + b, below) for a, b in zip(parts, parts[1:])]
+        i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+        if pair_ranks[i] >= below:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
 @functools.cache
 def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The bundled table in Hugging Face's form: ``vocab.json``'s {token: id} and ``merges.txt``'s pairs.
@@ -106,13 +130,9 @@ def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         return "".join(alphabet[b] for b in token)
 
     def last_merge(token: bytes, rank: int) -> tuple[bytes, bytes]:
-        parts = [bytes([b]) for b in token]
-        while len(parts) > 2:
-            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
-            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
-            if pair_ranks[i] >= rank:
-                raise GptrainError(f"the bundled GPT-2 merge table is inconsistent at rank {rank}: reinstall gptrain")
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        parts = bpe_parts(token, ranks, rank)
+        if len(parts) != 2:
+            raise GptrainError(f"the bundled GPT-2 merge table is inconsistent at rank {rank}: reinstall gptrain")
         return parts[0], parts[1]
 
     vocab = {spell(token): rank for token, rank in ranks.items()}

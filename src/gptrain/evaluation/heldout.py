@@ -30,8 +30,9 @@ from tqdm import tqdm
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
 from gptrain.data.corpus import is_shard_dir, load_corpus
-from gptrain.data.splits import gpt2_tokens, split_tokens
-from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from gptrain.data.splits import split_tokens, text_tokens
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -105,20 +106,20 @@ def sliding_windows(num_tokens: int, context_length: int, stride: int) -> tuple[
     return length, windows
 
 
-@functools.cache
-def _token_byte_lengths() -> np.ndarray:
-    tokenizer = get_tokenizer()
+@functools.lru_cache(maxsize=4)
+def _token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     lengths = np.array([len(tokenizer.decode_single_token_bytes(i)) for i in range(tokenizer.n_vocab)], dtype=np.int64)
     # A document separator is markup added between documents: counting its 13 bytes of "<|endoftext|>"
     # as text would lower bits per byte (by about 5% on short documents).
-    lengths[END_OF_TEXT_ID] = 0
+    lengths[tokenizer.eot_token] = 0
     return lengths
 
 
-def count_bytes(tokens: np.ndarray, chunk: int = 1 << 24) -> int:
-    """UTF-8 bytes of the text the tokens decode to, document separators left out: byte-level BPE
-    tokens are byte strings, so their lengths add up."""
-    lengths = _token_byte_lengths()
+def count_bytes(tokens: np.ndarray, tokenizer: Tokenizer | None = None, chunk: int = 1 << 24) -> int:
+    """UTF-8 bytes of the text the tokens (of ``tokenizer``, GPT-2's by default) decode to, document
+    separators left out: byte-level BPE tokens are byte strings, so their lengths add up. Bits per
+    byte divide by these bytes of text, so they compare models whatever their tokenizers."""
+    lengths = _token_byte_lengths(tokenizer or get_tokenizer())
     return int(sum(lengths[np.asarray(tokens[i:i + chunk], dtype=np.int64)].sum() for i in range(0, len(tokens), chunk)))
 
 
@@ -186,17 +187,18 @@ def evaluate_tokens(model: nn.Module, tokens: np.ndarray, *, context_length: int
                       windows=len(windows), context_length=length, stride=stride, seconds=seconds)
 
 
-def evaluate_text(model: nn.Module, text: str, **kwargs: Any) -> Evaluation:
-    """:func:`evaluate_tokens` on ``text``, tokenized with the GPT-2 tokenizer."""
-    return evaluate_tokens(model, gpt2_tokens(text), **kwargs)
+def evaluate_text(model: nn.Module, text: str, tokenizer: Tokenizer | None = None, **kwargs: Any) -> Evaluation:
+    """:func:`evaluate_tokens` on ``text``, tokenized with ``tokenizer`` (the model's; GPT-2's by default)."""
+    tokens = text_tokens(text, tokenizer)
+    return evaluate_tokens(model, tokens, num_bytes=count_bytes(tokens, tokenizer), **kwargs)
 
 
 # --- What the CLI evaluates ---
 
 def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: float = 0.9,
-                     text_field: str = "text") -> tuple[np.ndarray, int, str]:
-    """The tokens, their size in bytes and a description of a text, a folder of .txt files, a named
-    dataset or a prepared shard folder.
+                     text_field: str = "text", tokenizer: Tokenizer | None = None) -> tuple[np.ndarray, int, str]:
+    """The tokens (of ``tokenizer``, GPT-2's by default), their size in bytes and a description of a
+    text, a folder of .txt files, a named dataset or a prepared shard folder (made with that tokenizer).
 
     ``split``: for a shard folder ``train`` or ``val`` (default); for text ``all`` (default), or
     ``train``/``val`` to take the same character split of the text as training does.
@@ -205,12 +207,12 @@ def load_eval_tokens(source: str | Path, split: str | None = None, train_ratio: 
         split = split or "val"
         if split not in {"train", "val"}:
             raise GptrainError(f"{source} is a prepared folder with train and val splits: use --split train or --split val")
-        tokens = split_tokens(source, names=(split,))[split]
-        return tokens, count_bytes(tokens), f"{source} ({split}.bin)"
+        tokens = split_tokens(source, names=(split,), tokenizer=tokenizer)[split]
+        return tokens, count_bytes(tokens, tokenizer), f"{source} ({split}.bin)"
     split = split or "all"
     if split == "all":
-        tokens, label = gpt2_tokens(load_corpus(source, text_field)), str(source)
+        tokens, label = text_tokens(load_corpus(source, text_field), tokenizer), str(source)
     else:
-        tokens = split_tokens(source, train_ratio, text_field, names=(split,))[split]
+        tokens = split_tokens(source, train_ratio, text_field, names=(split,), tokenizer=tokenizer)[split]
         label = f"{source} ({split} split at {train_ratio:g})"
-    return tokens, count_bytes(tokens), label
+    return tokens, count_bytes(tokens, tokenizer), label

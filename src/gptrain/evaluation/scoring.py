@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device, resolve_precision
+from gptrain.data.tokenizer import get_tokenizer
 from gptrain.evaluation.heldout import (
     Evaluation,
     check_eval_tokens,
@@ -15,7 +17,7 @@ from gptrain.evaluation.heldout import (
     load_eval_tokens,
 )
 from gptrain.evaluation.tasks import TaskResult, check_task_name, evaluate_task, read_task_file
-from gptrain.interop.sources import resolve_model
+from gptrain.interop.sources import resolve_model, resolve_tokenizer
 
 
 def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = None, split: str | None = None,
@@ -26,7 +28,11 @@ def score_text(data: str | Path, *, model: str | Path, n_heads: int | None = Non
     ``model`` names (see :func:`gptrain.interop.sources.resolve_model`), in sliding windows of
     ``context_length`` tokens every ``stride`` (both the model's context by default); ``quantize="int8"``
     scores it with int8 weights (see :func:`gptrain.model.quantize.quantize`)."""
-    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field)
+    try:
+        tokenizer = resolve_tokenizer(model)
+    except GptrainError:
+        tokenizer = get_tokenizer()  # the data is checked first all the same; the model's error comes next
+    tokens, num_bytes, label = load_eval_tokens(data, split, train_ratio, text_field, tokenizer)
     check_eval_tokens(len(tokens))
     resolved = resolve_device(device)
     loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
@@ -44,7 +50,7 @@ def score_task(task: str, data: str | Path, *, model: str | Path, n_heads: int |
     ``data`` (with int8 weights for ``quantize="int8"``)."""
     examples = read_task_file(check_task_name(task), data, limit)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
-    return evaluate_task(loaded, task, examples, batch_size=batch_size,
-                         precision=resolve_precision(precision, resolved), source=str(data))
+    source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
+    return evaluate_task(source.model, task, examples, batch_size=batch_size,
+                         precision=resolve_precision(precision, resolved), source=str(data), tokenizer=source.tokenizer)
 

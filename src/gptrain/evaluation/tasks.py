@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES, autocast_context
-from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
+from gptrain.data.tokenizer import encode_text, get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.evaluation.task_files import Example, check_task_name, read_task_file
 from gptrain.model.gpt import unwrap_model
 
@@ -59,18 +60,18 @@ class TaskResult:
 
 # --- Tokens, as lm-evaluation-harness's Hugging Face model makes them ---
 
-def encode_pair(context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The context's tokens and the continuation's: trailing spaces of the context join the
-    continuation, and the continuation's tokens are those of the whole text after the context's
-    own tokens (so a merge across the boundary counts for the continuation). An empty context
-    becomes ``<|endoftext|>``."""
-    tokenizer = get_tokenizer()
+def encode_pair(context: str, continuation: str, tokenizer: Tokenizer | None = None) -> tuple[list[int], list[int]]:
+    """The context's tokens and the continuation's (``tokenizer``'s, GPT-2's by default): trailing
+    spaces of the context join the continuation, and the continuation's tokens are those of the
+    whole text after the context's own tokens (so a merge across the boundary counts for the
+    continuation). An empty context becomes ``<|endoftext|>``."""
+    tokenizer = tokenizer or get_tokenizer()
     encode = lambda text: encode_text(tokenizer, text)
     if not context:
         continuation_ids = encode(continuation)
-        if continuation_ids and continuation_ids[0] == END_OF_TEXT_ID:
+        if continuation_ids and continuation_ids[0] == tokenizer.eot_token:
             return continuation_ids[:1], continuation_ids[1:]
-        return [END_OF_TEXT_ID], continuation_ids
+        return [tokenizer.eot_token], continuation_ids
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -155,7 +156,8 @@ def _score_rows(model: nn.Module, rows: list[_Row], num_requests: int, device: t
 
 
 def score_examples(model: nn.Module, examples: Sequence[Example], *, batch_size: int = 16,
-                   precision: str = "fp32", progress: bool = True) -> list[list[tuple[float, bool]]]:
+                   precision: str = "fp32", progress: bool = True,
+                   tokenizer: Tokenizer | None = None) -> list[list[tuple[float, bool]]]:
     """For every example and continuation, (sum of log-probabilities of its tokens given the context,
     whether greedy decoding from the context gives exactly those tokens)."""
     if batch_size < 1:
@@ -166,7 +168,7 @@ def score_examples(model: nn.Module, examples: Sequence[Example], *, batch_size:
     window = model.cfg.context_length
     rows, owner = [], []  # owner[request]: the example a continuation belongs to
     for e, example in enumerate(examples):
-        pairs = [encode_pair(example.context, continuation) for continuation in example.continuations]
+        pairs = [encode_pair(example.context, continuation, tokenizer) for continuation in example.continuations]
         if any(not tokens for _, tokens in pairs):
             raise GptrainError(f"example {e + 1}: a continuation has no tokens of its own: give non-empty choices")
         longest = max(len(tokens) for _, tokens in pairs)
@@ -253,9 +255,9 @@ def lambada_metrics(scores: list[list[tuple[float, bool]]]) -> tuple[dict, list]
 
 def evaluate_task(model: nn.Module, task: str, data: str | Path | Sequence[Example], *, limit: int | None = None,
                   batch_size: int = 16, precision: str = "fp32", progress: bool = True,
-                  source: str = "") -> TaskResult:
+                  source: str = "", tokenizer: Tokenizer | None = None) -> TaskResult:
     """Score ``model`` on a task file (or a list of :class:`Example` read from ``source``); the first
-    ``limit`` examples."""
+    ``limit`` examples, in ``tokenizer``'s tokens (the model's; GPT-2's by default)."""
     check_task_name(task)
     if isinstance(data, (str, Path)):
         examples, source = read_task_file(task, data, limit), str(data)
@@ -264,7 +266,8 @@ def evaluate_task(model: nn.Module, task: str, data: str | Path | Sequence[Examp
         if not examples:
             raise GptrainError(f"no {task} examples to score")
     started = time.perf_counter()
-    scores = score_examples(model, examples, batch_size=batch_size, precision=precision, progress=progress)
+    scores = score_examples(model, examples, batch_size=batch_size, precision=precision, progress=progress,
+                            tokenizer=tokenizer)
     seconds = time.perf_counter() - started
     metrics, per_example = lambada_metrics(scores) if task == "lambada" else multiple_choice_metrics(examples, scores)
     return TaskResult(task, len(examples), metrics, seconds, source, per_example)
@@ -314,7 +317,7 @@ def log_task_scores(run, tasks: Sequence[TrainingTask], step: int, tokens_seen: 
     """Score the model being trained on each task; one ``task`` record each in metrics.jsonl."""
     for task in tasks:
         result = evaluate_task(run.raw_model, task.task, task.examples, precision=run.cfg.precision,
-                               progress=False, source=task.path)
+                               progress=False, source=task.path, tokenizer=run.tokenizer)
         run.log.write("task", step=step, tokens_seen=tokens_seen, task=task.label, file=task.path,
                       examples=result.examples, **result.metrics, seconds=round(result.seconds, 3))
         run.echo(f"Step {step:06d}: " + format_result(result).replace(f"{task.task}: ", f"{task.label}: ", 1))

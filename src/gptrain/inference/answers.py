@@ -18,7 +18,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import autocast_context, resolve_device, resolve_precision
 from gptrain.data.instructions import IGNORE_INDEX, InstructionExamples, read_instruction_file
 from gptrain.data.templates import format_input, record_messages, render_prompt
-from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
+from gptrain.data.tokenizer import encode_text
 from gptrain.inference.generate import generate_batch
 from gptrain.interop.sources import resolve_model
 
@@ -122,14 +122,14 @@ def answer_records(data: str | Path, *, model: str | Path, n_heads: int | None =
         raise GptrainError(f"{model} is a base model (its checkpoint names no prompt template): give an "
                            "instruction-tuned run, such as one made by gptrain finetune instruct")
     loaded, context = source.model, source.model.cfg.context_length
-    tokenizer = get_tokenizer()
+    tokenizer = source.tokenizer
     examples = InstructionExamples(records, tokenizer, source.template, context, where=str(data))
     loss = reply_loss(loaded, examples, batch_size, resolved, resolve_precision(precision, resolved))
     answers = []
     for start in range(0, len(records), batch_size):
         prompts = [encode_text(tokenizer, _prompt(source.template, r))[-context:]
                    for r in records[start:start + batch_size]]
-        rows = generate_batch(loaded, prompts, max_new_tokens, context, eos_id=END_OF_TEXT_ID)
+        rows = generate_batch(loaded, prompts, max_new_tokens, context, eos_id=tokenizer.eot_token)
         answers += [tokenizer.decode(row[len(prompt):].tolist()).strip() for row, prompt in zip(rows, prompts)]
     matches = sum(answer == reference_reply(r).strip() for answer, r in zip(answers, records))
     result = AnswerResult(len(records), loss, matches / len(records), answers)

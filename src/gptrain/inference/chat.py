@@ -17,7 +17,7 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.templates import render_prompt
-from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
+from gptrain.data.tokenizer import encode_text
 from gptrain.inference.api_schema import APIError, CompletionRequest, SamplingRequest
 from gptrain.inference.completions import Completion, CompletionService
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens
@@ -125,7 +125,7 @@ class ChatSession:
         ids = self.prompt_ids(text)
         window = unwrap_model(self.model).cfg.context_length
         tokens = stream_tokens(self.model, ids, min(self.max_new_tokens, window - len(ids)), window,
-                               eos_id=END_OF_TEXT_ID, generator=self.generator, **self.sampling)
+                               eos_id=self.tokenizer.eot_token, generator=self.generator, **self.sampling)
         pieces = []
         for piece in stream_text(self.tokenizer, tokens):
             pieces.append(piece)
@@ -144,5 +144,5 @@ def open_chat(model: str, *, system: str | None = None, max_new_tokens: int = 25
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
     source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
-    return ChatSession(source.model, get_tokenizer(), source.template, name=str(model), system=system,
+    return ChatSession(source.model, source.tokenizer, source.template, name=str(model), system=system,
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

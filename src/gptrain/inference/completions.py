@@ -18,7 +18,8 @@ from typing import AsyncIterator
 import torch
 from torch import nn
 
-from gptrain.data.tokenizer import END_OF_TEXT_ID, encode_text, get_tokenizer
+from gptrain.data.tokenizer import encode_text, get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.api_schema import (
     MAX_STOP_SEQUENCES,
     APIError,
@@ -113,13 +114,14 @@ class CompletionService:
     """The API's logic between HTTP and the engine: checks, prompts to sequences, logprobs; a :class:`Completion`
     is one request in flight."""
 
-    def __init__(self, model: nn.Module, cfg: ServeConfig, tokenizer=None):
+    def __init__(self, model: nn.Module, cfg: ServeConfig, tokenizer: Tokenizer | None = None):
         self.cfg = cfg
         self.model = unwrap_model(model)
         self.tokenizer = tokenizer or get_tokenizer()
         self.context_length = self.model.cfg.context_length
         self.vocab_size = self.model.cfg.vocab_size
-        self.engine = BatchingEngine(self.model, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+        self.engine = BatchingEngine(self.model, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
+                                     eos_id=self.tokenizer.eot_token)
         self.created = int(time.time())
         # Requests refused for a full queue, and requests whose client left before they finished.
         self.stats = {"rejected": 0, "disconnected": 0}
@@ -137,7 +139,7 @@ class CompletionService:
         for one in prompt:
             if isinstance(one, str):
                 # As for GPT-2 itself, an empty prompt means "start of a document".
-                ids = encode_text(self.tokenizer, one) or [END_OF_TEXT_ID]
+                ids = encode_text(self.tokenizer, one) or [self.tokenizer.eot_token]
             else:
                 ids = list(one)
                 if not ids:
@@ -238,7 +240,7 @@ class CompletionService:
         check_api_sampling(request.temperature, request.top_k, request.top_p)
         if not 1 <= request.count <= 100:
             raise APIError(400, f"count must be in 1..100, not {request.count}", "count")
-        prompt = encode_text(self.tokenizer, request.prompt) or [END_OF_TEXT_ID]
+        prompt = encode_text(self.tokenizer, request.prompt) or [self.tokenizer.eot_token]
         return tuple(prompt[-self.context_length:])
 
     def distribution(self, request: DistributionRequest, logits: torch.Tensor, prompt_tokens: int) -> dict:

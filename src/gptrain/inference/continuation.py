@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-import tiktoken
 import torch
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.templates import render_instruction
-from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer, text_to_token_ids
+from gptrain.data.tokenizer import text_to_token_ids
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
 from gptrain.interop.sources import resolve_model
@@ -22,7 +22,7 @@ class Continuation:
     """The new text, piece by piece while it is iterated; ``tokens`` counts the new tokens so far and
     ``seconds`` is the time since generation started."""
 
-    def __init__(self, tokenizer: tiktoken.Encoding, token_ids: Iterable[int], warning: str | None,
+    def __init__(self, tokenizer: Tokenizer, token_ids: Iterable[int], warning: str | None,
                  template: str | None = None) -> None:
         self.warning = warning  # the prompt and new tokens do not fit the model's window; None when they do
         self.template = template  # the template the prompt was formatted with: the text is a response
@@ -56,8 +56,7 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
     source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
-    loaded, template = source.model, None if raw else source.template
-    tokenizer = get_tokenizer()
+    loaded, tokenizer, template = source.model, source.tokenizer, None if raw else source.template
     if not prompt:
         raise GptrainError("the prompt is empty: give --prompt some text")
     text = prompt if template is None else render_instruction(template, prompt)
@@ -69,5 +68,5 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     generator = torch.Generator(device=resolved).manual_seed(seed)
     token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
                               top_k=top_k, top_p=top_p, generator=generator,
-                              eos_id=None if template is None else END_OF_TEXT_ID)
+                              eos_id=None if template is None else tokenizer.eot_token)
     return Continuation(tokenizer, token_ids, warning, template)

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from gptrain.core.errors import GptrainError
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.api_schema import APIError, CompletionRequest, DistributionRequest, ServeConfig, parse_body
 from gptrain.inference.chat import ChatCompletion, ChatCompletionRequest, completion_request
 from gptrain.inference.completions import Completion, CompletionService
@@ -79,7 +80,7 @@ async def streamed(request: Request, completion: Completion) -> AsyncIterator[st
         watcher.cancel()
 
 
-def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None) -> FastAPI:
+def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer: Tokenizer | None = None) -> FastAPI:
     """The server's ASGI app; the batching engine runs while the app does (its lifespan)."""
     cfg = cfg or ServeConfig()
     service = CompletionService(model, cfg, tokenizer)
@@ -178,7 +179,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(model: nn.Module, cfg: ServeConfig, tokenizer=None) -> tuple[uvicorn.Server, socket.socket]:
+def make_server(model: nn.Module, cfg: ServeConfig,
+                tokenizer: Tokenizer | None = None) -> tuple[uvicorn.Server, socket.socket]:
     """A uvicorn server for the app and the socket it will listen on (bound now, so port 0 is resolved)."""
     sock = bind_socket(cfg.host, cfg.port)
     config = uvicorn.Config(create_app(model, cfg, tokenizer), log_level="warning", access_log=False,
@@ -191,9 +193,10 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(model: nn.Module, cfg: ServeConfig) -> None:
-    """Serve until Ctrl-C or SIGTERM; in-flight requests get ``cfg.shutdown_timeout`` seconds to finish."""
-    server, sock = make_server(model, cfg)
+def serve(model: nn.Module, cfg: ServeConfig, tokenizer: Tokenizer | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM; in-flight requests get ``cfg.shutdown_timeout`` seconds to finish.
+    ``tokenizer`` is the model's (GPT-2's by default)."""
+    server, sock = make_server(model, cfg, tokenizer)
     url = url_of(sock)
     print(f"Serving '{cfg.model_name}' at {url}/v1 (playground: {url}/){' with an API key' if cfg.api_key else ''}; "
           "Ctrl-C stops", flush=True)

@@ -1,4 +1,5 @@
-"""GPTModel out to a Hugging Face GPT-2 folder: weights, config.json and the tokenizer's files."""
+"""GPTModel out to a Hugging Face GPT-2 folder: weights, config.json and the tokenizer's files (GPT-2's,
+or the ``tokenizer.json`` of a trained one, which ``AutoTokenizer`` reads alike)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.oserrors import reason_and_fix, wrapped_os_error
 from gptrain.core.tensorfile import save_tensors
+from gptrain.data.bpe_training import SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG
 from gptrain.data.tokenizer import END_OF_TEXT, gpt2_vocab_and_merges
+from gptrain.data.trained_tokenizer import TOKENIZER_FILE, Tokenizer, TrainedTokenizer
 from gptrain.interop.hf_config import HF_CONFIG, HF_SAFETENSORS, hf_config_dict
 from gptrain.interop.weights import Rule, hf_rules
 from gptrain.model.gpt import GPTModel, unwrap_model
@@ -59,14 +62,26 @@ def write_tokenizer_files(folder: Path, model_max_length: int = 1024) -> None:
         (folder / name).write_text(text, encoding="utf-8")
 
 
-def write_hf_folder(model: GPTModel, out: Path) -> Path:
-    """Write ``model`` to ``out`` as a Hugging Face GPT-2 folder, under a temporary name renamed into place."""
+def write_trained_tokenizer_files(folder: Path, tokenizer: TrainedTokenizer, model_max_length: int) -> None:
+    """A trained tokenizer's ``tokenizer.json`` as it was trained (the same sha256), and transformers' config."""
+    (folder / TOKENIZER_FILE).write_bytes(tokenizer.data)
+    write_json_atomic(folder / "tokenizer_config.json", TOKENIZER_CONFIG | {"model_max_length": model_max_length})
+    write_json_atomic(folder / "special_tokens_map.json", SPECIAL_TOKENS_MAP)
+
+
+def write_hf_folder(model: GPTModel, out: Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` to ``out`` as a Hugging Face GPT-2 folder with its tokenizer (GPT-2's by default),
+    under a temporary name renamed into place."""
     tensors = {name: tensor.cpu() for name, tensor in hf_state_dict(model).items()}
     try:
         with staged_dir(out) as tmp:
             save_tensors(tensors, tmp / HF_SAFETENSORS, metadata={"format": "pt"})
-            write_json_atomic(tmp / HF_CONFIG, hf_config_dict(model.cfg, tensors["transformer.wte.weight"].dtype))
-            write_tokenizer_files(tmp, model.cfg.context_length)
+            write_json_atomic(tmp / HF_CONFIG,
+                              hf_config_dict(model.cfg, tensors["transformer.wte.weight"].dtype, tokenizer))
+            if isinstance(tokenizer, TrainedTokenizer):
+                write_trained_tokenizer_files(tmp, tokenizer, model.cfg.context_length)
+            else:
+                write_tokenizer_files(tmp, model.cfg.context_length)
     except (OSError, safetensors.SafetensorError) as exc:
         os_error = wrapped_os_error(exc)
         if os_error is None:

@@ -4,8 +4,8 @@ The file is written with ``gguf``, the format's own Python writer from the llama
 in the layout llama.cpp's ``convert_hf_to_gguf.py`` gives GPT-2: architecture ``gpt2``, the
 tensor names of gguf's tensor table (``token_embd``, ``position_embd``, ``blk.N.attn_qkv``,
 ...), weights in PyTorch's (out, in) order, query, key and value fused in that order, and
-GPT-2's byte-level BPE (tokens, merges, ``<|endoftext|>`` as BOS and EOS, pre-tokenizer
-``gpt-2``). As in the converter, norms, biases and the position embedding stay float32 in
+GPT-2's byte-level BPE, or the model's trained one with GPT-2's split (tokens, merges,
+``<|endoftext|>`` as BOS and EOS, pre-tokenizer ``gpt-2``). As in the converter, norms, biases and the position embedding stay float32 in
 every dtype, a head tied to the embedding is written as a tensor of its own, and a q8_0
 matrix whose rows are not a multiple of 32 wide is written as f16.
 """
@@ -22,8 +22,10 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import atomic_path
 from gptrain.core.oserrors import file_above, reason_and_fix
-from gptrain.data.tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, gpt2_vocab_and_merges
-from gptrain.interop.sources import load_gpt2
+from gptrain.data.bpe_training import pattern_name
+from gptrain.data.tokenizer import get_tokenizer, gpt2_vocab_and_merges
+from gptrain.data.trained_tokenizer import Tokenizer, TrainedTokenizer
+from gptrain.interop.sources import resolve_model
 from gptrain.model.gpt import GPTModel, unwrap_model
 from gptrain.store.checkpoint import weights_state_dict
 
@@ -42,8 +44,9 @@ def _gguf() -> Any:
     return gguf
 
 
-def check_gguf_model(model: nn.Module) -> GPTModel:
-    """The plain GPTModel inside ``model``, refusing what llama.cpp's GPT-2 graph cannot run."""
+def check_gguf_model(model: nn.Module, tokenizer: Tokenizer | None = None) -> GPTModel:
+    """The plain GPTModel inside ``model``, refusing what llama.cpp's GPT-2 graph and tokenizer cannot run."""
+    tokenizer = tokenizer or get_tokenizer()
     model = unwrap_model(model)
     if not isinstance(model, GPTModel):
         raise GptrainError(f"GGUF export takes a GPTModel, not {type(model).__name__}")
@@ -56,9 +59,16 @@ def check_gguf_model(model: nn.Module) -> GPTModel:
         raise GptrainError(f"the model's output head has {rows} outputs, not one per token of its {cfg.vocab_size}-token "
                            "vocabulary (a classifier?): llama.cpp runs language models only; export the model "
                            "before its head was replaced")
-    if cfg.vocab_size < VOCAB_SIZE:
-        raise GptrainError(f"the model has {cfg.vocab_size} token embeddings, fewer than GPT-2's tokenizer needs "
-                           f"({VOCAB_SIZE}): llama.cpp would look up tokens the model lacks")
+    if cfg.vocab_size < tokenizer.n_vocab:
+        raise GptrainError(f"the model has {cfg.vocab_size} token embeddings, fewer than its tokenizer "
+                           f"{tokenizer.name} needs ({tokenizer.n_vocab}): llama.cpp would look up tokens the model lacks")
+    if isinstance(tokenizer, TrainedTokenizer):
+        pattern = pattern_name(tokenizer.spec().get("pre_tokenizer") or {})
+        if pattern != "gpt2":
+            # llama.cpp names each split it knows; none is known to split exactly as this one.
+            raise GptrainError(f"the model's tokenizer {tokenizer.name} splits text with the {pattern} pattern, which "
+                               "llama.cpp's GPT-2 reads differently: export --format hf instead, or train the tokenizer "
+                               "with --pattern gpt2")
     return model
 
 
@@ -108,7 +118,7 @@ def _stored(gguf: Any, name: str, tensor: torch.Tensor, dtype: str) -> tuple[np.
     return data.astype(np.float16), kinds.F16
 
 
-def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str) -> None:
+def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str, tokenizer: Tokenizer) -> None:
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                   "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
     writer.add_name(name)
@@ -121,11 +131,12 @@ def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str) -> No
     writer.add_file_type(file_types[dtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    vocab, merges = gpt2_vocab_and_merges()
+    vocab, merges = (tokenizer.vocab_and_merges() if isinstance(tokenizer, TrainedTokenizer)
+                     else gpt2_vocab_and_merges())
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     types = [gguf.TokenType.NORMAL] * len(tokens)
-    types[END_OF_TEXT_ID] = gguf.TokenType.CONTROL
-    # A vocabulary wider than GPT-2's (rounded up for speed) gets placeholder tokens, as the converter gives it.
+    types[tokenizer.eot_token] = gguf.TokenType.CONTROL
+    # A vocabulary wider than the tokenizer's (rounded up for speed) gets placeholder tokens, as the converter gives it.
     for i in range(len(tokens), cfg.vocab_size):
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
@@ -134,9 +145,9 @@ def _add_metadata(writer: Any, gguf: Any, cfg: Any, dtype: str, name: str) -> No
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([f"{first} {second}" for first, second in merges])
-    writer.add_bos_token_id(END_OF_TEXT_ID)
-    writer.add_eos_token_id(END_OF_TEXT_ID)
-    writer.add_unk_token_id(END_OF_TEXT_ID)
+    writer.add_bos_token_id(tokenizer.eot_token)
+    writer.add_eos_token_id(tokenizer.eot_token)
+    writer.add_unk_token_id(tokenizer.eot_token)
     writer.add_add_bos_token(False)  # gptrain feeds a prompt as it is: no token before it
     writer.add_add_eos_token(False)
 
@@ -154,13 +165,15 @@ def _check_target(out_file: Path, source: Any, overwrite: bool) -> None:
 
 
 def export_gguf(source: nn.Module | str | Path, out_file: str | Path, *, dtype: str = "f32",
-                overwrite: bool = False, n_heads: int | None = None, name: str | None = None) -> Path:
+                overwrite: bool = False, n_heads: int | None = None, name: str | None = None,
+                tokenizer: Tokenizer | None = None) -> Path:
     """Write a model as a GGUF file that llama.cpp runs as GPT-2; returns the file's path.
 
     ``source`` is a GPTModel or anything :func:`gptrain.load_gpt2` takes (a gptrain checkpoint
     or run directory, a Hugging Face folder, a state dict file, a GPT-2 size). ``dtype`` is
     ``f32``, ``f16`` or ``q8_0`` (8-bit blocks with one scale per 32 weights, llama.cpp's own
-    format). ``name`` goes into ``general.name`` (default: the source's file name). The file is
+    format). ``name`` goes into ``general.name`` (default: the source's file name). The tokenizer is
+    the source's own (a GPTModel's: ``tokenizer``, GPT-2's by default). The file is
     written under a temporary name beside ``out_file`` and renamed into place, so an existing
     file (replaced only with ``overwrite=True``) is never left half-written.
     """
@@ -169,7 +182,13 @@ def export_gguf(source: nn.Module | str | Path, out_file: str | Path, *, dtype: 
     gguf = _gguf()
     out_file = Path(out_file).expanduser()
     _check_target(out_file, source, overwrite)
-    model = check_gguf_model(source if isinstance(source, nn.Module) else load_gpt2(source, n_heads=n_heads))
+    if not isinstance(source, nn.Module):
+        resolved = resolve_model(source, n_heads=n_heads)
+        model, tokenizer = resolved.model, resolved.tokenizer
+    else:
+        model = source
+    tokenizer = tokenizer or get_tokenizer()
+    model = check_gguf_model(model, tokenizer)
     tensors = gguf_tensors(model)
     name = name or (Path(source).expanduser().resolve().name if not isinstance(source, nn.Module) else "gptrain")
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +196,7 @@ def export_gguf(source: nn.Module | str | Path, out_file: str | Path, *, dtype: 
         with atomic_path(out_file) as tmp:
             writer = gguf.GGUFWriter(tmp, ARCH)
             try:
-                _add_metadata(writer, gguf, model.cfg, dtype, name)
+                _add_metadata(writer, gguf, model.cfg, dtype, name, tokenizer)
                 for tensor_name, tensor in tensors.items():
                     data, kind = _stored(gguf, tensor_name, tensor, dtype)
                     writer.add_tensor(tensor_name, data, raw_dtype=kind)

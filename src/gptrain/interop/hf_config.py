@@ -9,7 +9,8 @@ from typing import Any, Mapping
 import torch
 
 from gptrain.core.errors import GptrainError
-from gptrain.data.tokenizer import END_OF_TEXT_ID, VOCAB_SIZE
+from gptrain.data.tokenizer import VOCAB_SIZE, get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer, TrainedTokenizer, tokenizer_identity
 from gptrain.model.config import GPTConfig
 
 HF_CONFIG = "config.json"
@@ -18,6 +19,9 @@ HF_PICKLE = "pytorch_model.bin"
 # GPT-2's format has qkv biases always: gptrain marks the export of a model without them (written as
 # zeros), so that it reads back as that model. transformers keeps the key as an unused attribute.
 QKV_BIAS_KEY = "gptrain_qkv_bias"
+# The export of a model with a trained tokenizer names it (name, sha256) beside its tokenizer.json,
+# which transformers reads and gptrain reads back: without the key the folder is GPT-2's.
+TOKENIZER_KEY = "gptrain_tokenizer"
 
 
 def config_from_hf(hf: Mapping[str, Any], source: str | Path = HF_CONFIG) -> GPTConfig:
@@ -57,8 +61,11 @@ def read_hf_config(path: Path) -> GPTConfig:
     return config_from_hf(hf, path)
 
 
-def hf_config_dict(cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def hf_config_dict(cfg: GPTConfig, dtype: torch.dtype = torch.float32,
+                   tokenizer: Tokenizer | None = None) -> dict[str, Any]:
     """The ``config.json`` with which transformers builds ``cfg`` as a ``GPT2LMHeadModel``."""
+    tokenizer = tokenizer or get_tokenizer()
+    trained = {TOKENIZER_KEY: tokenizer_identity(tokenizer)} if isinstance(tokenizer, TrainedTokenizer) else {}
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -76,8 +83,8 @@ def hf_config_dict(cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[s
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "use_cache": True,
-        "bos_token_id": END_OF_TEXT_ID,
-        "eos_token_id": END_OF_TEXT_ID,
+        "bos_token_id": tokenizer.eot_token,
+        "eos_token_id": tokenizer.eot_token,
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": str(dtype).removeprefix("torch."),
-    } | ({} if cfg.qkv_bias else {QKV_BIAS_KEY: False})
+    } | ({} if cfg.qkv_bias else {QKV_BIAS_KEY: False}) | trained

@@ -16,10 +16,11 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.oserrors import check_output_dir
-from gptrain.data.tokenizer import VOCAB_SIZE
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.interop.export import write_hf_folder
 from gptrain.interop.hub import download_gpt2, gpt2_size
-from gptrain.interop.sources import load_gpt2
+from gptrain.interop.sources import resolve_model
 from gptrain.model.gpt import GPTModel, count_parameters, unwrap_model
 
 # download_gpt2 and gpt2_size are the hub's, named here with the rest of GPT-2's way in and out.
@@ -27,19 +28,24 @@ __all__ = ["download_gpt2", "export_hf", "gpt2_size", "inspect_loaded_model"]
 
 
 def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool = False,
-              n_heads: int | None = None) -> Path:
+              n_heads: int | None = None, tokenizer: Tokenizer | None = None) -> Path:
     """Write a model as a Hugging Face GPT-2 folder that ``GPT2LMHeadModel.from_pretrained`` and
-    ``AutoTokenizer.from_pretrained`` read: ``config.json``, ``model.safetensors`` and the
-    GPT-2 tokenizer files.
+    ``AutoTokenizer.from_pretrained`` read: ``config.json``, ``model.safetensors`` and its
+    tokenizer's files (GPT-2's, or a trained one's ``tokenizer.json``).
 
-    ``source`` is a GPTModel or anything :func:`load_gpt2` takes. The folder is written under a
-    temporary name and renamed into place; an existing non-empty ``out`` is only replaced
+    ``source`` is a GPTModel (with ``tokenizer``, GPT-2's by default) or anything
+    :func:`gptrain.interop.sources.resolve_model` takes (its own tokenizer). The folder is written
+    under a temporary name and renamed into place; an existing non-empty ``out`` is only replaced
     with ``overwrite=True``.
     """
-    model = unwrap_model(source) if isinstance(source, nn.Module) else load_gpt2(source, n_heads=n_heads)
-    if model.cfg.vocab_size < VOCAB_SIZE:
-        raise GptrainError(f"the model has {model.cfg.vocab_size} token embeddings, fewer than GPT-2's tokenizer "
-                           f"needs ({VOCAB_SIZE}): it cannot be exported with GPT-2's tokenizer")
+    if isinstance(source, nn.Module):
+        model, tokenizer = unwrap_model(source), tokenizer or get_tokenizer()
+    else:
+        resolved = resolve_model(source, n_heads=n_heads)
+        model, tokenizer = resolved.model, resolved.tokenizer
+    if model.cfg.vocab_size < tokenizer.n_vocab:
+        raise GptrainError(f"the model has {model.cfg.vocab_size} token embeddings, fewer than its tokenizer "
+                           f"{tokenizer.name} needs ({tokenizer.n_vocab}): it cannot be exported with that tokenizer")
     out = check_output_dir(Path(out).expanduser())
     if not isinstance(source, nn.Module):
         target, model_path = out.resolve(), Path(source).expanduser().resolve()
@@ -48,7 +54,7 @@ def export_hf(source: GPTModel | str | Path, out: str | Path, *, overwrite: bool
                                "choose another --out")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise GptrainError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
-    return write_hf_folder(model, out)
+    return write_hf_folder(model, out, tokenizer)
 
 
 def inspect_loaded_model(model: nn.Module, file: TextIO | None = None) -> int:

@@ -11,8 +11,9 @@ A reference is one of
   * a gptrain checkpoint, or a run directory (its ``final/``; ``RUN/best`` is a checkpoint too);
     a LoRA run's checkpoints hold the adapters merged into the weights.
 
-Each is resolved once, by :func:`resolve_model` (or, for the shape alone, :func:`resolve_shape`), and
-the tokenizer the model was trained with is checked against gptrain's.
+Each is resolved once, by :func:`resolve_model` (or, for the shape alone, :func:`resolve_shape`), with the
+tokenizer the model reads text with (:func:`resolve_tokenizer` alone): GPT-2's, or the trained one a
+gptrain checkpoint holds or a gptrain export names in its ``config.json``.
 """
 
 from __future__ import annotations
@@ -20,20 +21,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from gptrain.core.errors import GptrainError
-from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
-from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read_hf_config
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import (
+    TOKENIZER_FILE,
+    Tokenizer,
+    describe_tokenizer,
+    same_tokenizer,
+    tokenizer_from_bytes,
+)
+from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, TOKENIZER_KEY, read_hf_config
 from gptrain.interop.hub import gpt2_size, source_path
 from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.quantize import check_quantization
 from gptrain.model.quantize import quantize as quantize_model
-from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from gptrain.store.checkpoint import checkpoint_tokenizer, load_checkpoint, read_checkpoint_config, resolve_checkpoint
 from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
 
 # The kinds of reference, as ModelSource.kind names them.
@@ -42,15 +49,14 @@ GPT2_SIZE, HF_FOLDER, STATE_DICT, CHECKPOINT = "gpt2-size", "hf-folder", "state-
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model reference: the model (eval mode), its shape and where it came from."""
+    """A resolved model reference: the model (eval mode), its shape, its tokenizer and where it came from."""
 
     model: GPTModel
     config: GPTConfig
     kind: str  # GPT2_SIZE, HF_FOLDER, STATE_DICT or CHECKPOINT
     origin: str  # the reference as given, and what it resolved to
     weights_file: Path  # the file the weights were read from (its sha256 identifies them)
-    tokenizer: str = TOKENIZER_NAME
-    tokenizer_sha256: str = TABLE_SHA256
+    tokenizer: Tokenizer  # what the model reads and writes text with (name, sha256, encode, decode ...)
     template: str | None = None  # the prompt template of an instruction-tuned checkpoint
 
 
@@ -85,15 +91,37 @@ def _locate(source: str | Path) -> _Located:
     return _Located(path, STATE_DICT, path)
 
 
-def check_tokenizer(config: dict[str, Any], source: str | Path) -> None:
-    """Refuse a checkpoint whose config names another tokenizer than gptrain's GPT-2 table."""
-    recorded = config.get("tokenizer") or {}
-    if recorded.get("sha256", TABLE_SHA256) != TABLE_SHA256:
-        raise GptrainError(
-            f"{source} was trained with another tokenizer ({recorded.get('name', '?')}, sha256 "
-            f"{str(recorded.get('sha256'))[:12]}…) than gptrain's {TOKENIZER_NAME} (sha256 {TABLE_SHA256[:12]}…): "
-            "its text would be misread; use a model trained with gptrain's GPT-2 tokenizer"
-        )
+def _exported_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a Hugging Face folder: the trained one a gptrain export names, else GPT-2's."""
+    try:
+        recorded = json.loads((folder / HF_CONFIG).read_text(encoding="utf-8")).get(TOKENIZER_KEY)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return get_tokenizer()
+    file = folder / TOKENIZER_FILE
+    if not file.is_file():
+        raise GptrainError(f"{folder} names the tokenizer {describe_tokenizer(recorded)} but holds no "
+                           f"{TOKENIZER_FILE}: export the model again")
+    tokenizer = tokenizer_from_bytes(file.read_bytes(), str(recorded.get("name")), file)
+    if not same_tokenizer(recorded, tokenizer):
+        raise GptrainError(f"{file} is not the tokenizer {folder / HF_CONFIG} names ({describe_tokenizer(recorded)}): "
+                           "export the model again")
+    return tokenizer
+
+
+def _tokenizer(located: _Located) -> Tokenizer:
+    if located.checkpoint is not None:
+        return checkpoint_tokenizer(located.checkpoint)
+    return _exported_tokenizer(located.weights_file.parent)
+
+
+def resolve_tokenizer(source: str | Path) -> Tokenizer:
+    """The tokenizer of the model ``source`` names, without loading its weights (a GPT-2 size: GPT-2's,
+    not downloaded for it)."""
+    if gpt2_size(str(source)) is not None and not Path(source).expanduser().exists():
+        return get_tokenizer()
+    return _tokenizer(_locate(source))
 
 
 def _heads_beside(weights_file: Path) -> int | None:
@@ -132,11 +160,10 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
     if quantize is not None:  # before the weights are read: a device without int8 kernels costs no waiting
         check_quantization(quantize, torch.device(device))
     located = _locate(source)
+    tokenizer = _tokenizer(located)
     template = None
     if located.checkpoint is not None:
-        config = read_checkpoint_config(located.checkpoint)
-        check_tokenizer(config, source)
-        template = config.get("template")
+        template = read_checkpoint_config(located.checkpoint).get("template")
         model = load_checkpoint(located.checkpoint, device=device)
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
@@ -145,10 +172,14 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
         assign_weights(model, weights, device)
         model.eval()
         origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
+    if not same_tokenizer(tokenizer, get_tokenizer()) and model.cfg.vocab_size < tokenizer.n_vocab:
+        raise GptrainError(f"{source} has {model.cfg.vocab_size:,} token embeddings, fewer than the "
+                           f"{tokenizer.n_vocab:,} tokens of its tokenizer {tokenizer.name}: it is not that "
+                           "tokenizer's model; give --model the folder it was exported or trained in")
     if quantize is not None:
         model = quantize_model(model, quantize)
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
-                       weights_file=located.weights_file, template=template)
+                       weights_file=located.weights_file, tokenizer=tokenizer, template=template)
 
 
 def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:
@@ -159,9 +190,7 @@ def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfi
         return get_preset(size).replace(qkv_bias=True, tie_embeddings=True)  # OpenAI's GPT-2
     located = _locate(source)
     if located.checkpoint is not None:
-        config = read_checkpoint_config(located.checkpoint)
-        check_tokenizer(config, source)
-        return GPTConfig.from_dict(config["model"])
+        return GPTConfig.from_dict(read_checkpoint_config(located.checkpoint)["model"])
     return _read(located, n_heads)[1]
 
 
@@ -173,4 +202,4 @@ def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu"
     return resolve_model(source, device=device, n_heads=n_heads, quantize=quantize).model
 
 
-__all__ = ["ModelSource", "check_tokenizer", "load_gpt2", "resolve_model", "resolve_shape"]
+__all__ = ["ModelSource", "load_gpt2", "resolve_model", "resolve_shape", "resolve_tokenizer"]

@@ -10,6 +10,7 @@ from gptrain.core.accelerators import find_accelerator
 from gptrain.core.errors import GptrainError
 from gptrain.core.formatting import duration, human
 from gptrain.core.runtime import planned_precision
+from gptrain.data.splits import data_tokenizer
 from gptrain.interop.hf_config import config_from_hf
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.counts import parameter_counts
@@ -84,7 +85,7 @@ def model_config_from(source: str, n_heads: int | None = None) -> GPTConfig:
 
 def recipe_model(recipe: TrainConfig) -> GPTConfig:
     """The shape of the model a gptrain train config trains: its own, or its --init SOURCE's."""
-    return recipe.model_config() if recipe.init is None else init_config(recipe, model_config_from(recipe.init))
+    return recipe.model_config(data_tokenizer(recipe.data)) if recipe.init is None else init_config(recipe, model_config_from(recipe.init))
 
 
 def recipe_budget(recipe: TrainConfig, cfg: GPTConfig, tokens_per_step: int) -> tuple[int, str]:

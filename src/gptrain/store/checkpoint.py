@@ -2,6 +2,8 @@
 
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
     config.json          the model config, the run's settings, the tokenizer, step and tokens seen
+    tokenizer.json       a trained tokenizer (gptrain tokenizer train) the model reads text with; GPT-2's
+                         ships with gptrain and is only named in config.json
     training_state.pt    optional: optimizer and everything else needed to resume training
     optimizer/           instead of the optimizer in training_state.pt, under FSDP: its shards as
                          written by torch.distributed.checkpoint (see gptrain.training.parallel)
@@ -30,7 +32,16 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.tensorfile import save_tensors
-from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
+from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import (
+    TOKENIZER_FILE,
+    Tokenizer,
+    TrainedTokenizer,
+    describe_tokenizer,
+    same_tokenizer,
+    tokenizer_from_bytes,
+    tokenizer_identity,
+)
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
@@ -59,19 +70,24 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
-                    template: str | None = None, weights_from: Path | None = None) -> Path:
+                    template: str | None = None, tokenizer: Tokenizer | None = None,
+                    weights_from: Path | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
     ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
     the prompt template an instruction-tuned model was taught with (see gptrain.data.templates), is
-    recorded so that later commands format prompts the same way.
+    recorded so that later commands format prompts the same way. ``tokenizer`` (GPT-2's by default)
+    is recorded, and a trained one saved as ``tokenizer.json``.
     ``weights_from``, a checkpoint known to hold ``model``'s weights, lends its weights file (a hard
     link where the file system allows), so the same bytes are neither written nor hashed again.
     """
     path = Path(path)
     model = unwrap_model(model)
+    tokenizer = tokenizer or get_tokenizer()
     try:
         with staged_dir(path) as tmp:
+            if isinstance(tokenizer, TrainedTokenizer):
+                (tmp / TOKENIZER_FILE).write_bytes(tokenizer.data)
             known = {}
             if weights_from is None:
                 save_tensors(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -84,7 +100,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "model": model.cfg.to_dict(),
-                "tokenizer": {"name": TOKENIZER_NAME, "sha256": TABLE_SHA256},
+                "tokenizer": tokenizer_identity(tokenizer),
                 "train": train_config,
                 "step": state.get("step"),
                 "tokens_seen": state.get("tokens_seen"),
@@ -148,6 +164,24 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise GptrainError(f"{path / CONFIG_FILE} is not a gptrain checkpoint config: use another checkpoint")
     return config
+
+
+def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer a checkpoint's model reads text with: GPT-2's, or the trained one it holds."""
+    path = resolve_checkpoint(path)
+    recorded = read_checkpoint_config(path).get("tokenizer") or {}
+    if same_tokenizer(recorded, get_tokenizer()):
+        return get_tokenizer()
+    file = path / TOKENIZER_FILE
+    if not file.is_file():
+        raise GptrainError(f"{path} was trained with the tokenizer {describe_tokenizer(recorded)} but holds no "
+                           f"{TOKENIZER_FILE}: copy that tokenizer's {TOKENIZER_FILE} into it")
+    tokenizer = tokenizer_from_bytes(read_verified(path, TOKENIZER_FILE, file.read_bytes),
+                                     str(recorded.get("name")), file)
+    if not same_tokenizer(recorded, tokenizer):
+        raise GptrainError(f"{file} is not the tokenizer {path} was trained with ({describe_tokenizer(recorded)}): "
+                           "restore that tokenizer's file")
+    return tokenizer
 
 
 def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

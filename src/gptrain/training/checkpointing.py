@@ -56,10 +56,11 @@ def save_run_checkpoint(run: Run, state: dict[str, Any], path: Path, with_traini
         training_state = {k: state[k] for k in ("step", "tokens_seen")}
     save_checkpoint(model, path, run.optimizer if with_training_state and not run.cfg.fsdp else None,
                     train_config=run.cfg.to_dict(), training_state=training_state, optimizer_dir=optimizer_dir,
-                    template=run.cfg.template)
+                    template=run.cfg.template, tokenizer=run.tokenizer)
     # After the checkpoint, so best/ is never ahead of what a resume starts from; best weights of
     # this very step are the checkpoint's, shared rather than written twice.
-    run.best.write(run.out / "best", run.cfg.to_dict(), run.cfg.template, current=(state["step"], path))
+    run.best.write(run.out / "best", run.cfg.to_dict(), run.cfg.template, run.tokenizer,
+                   current=(state["step"], path))
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> dict[str, list[Any]]:

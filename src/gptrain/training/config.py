@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.tomlfile import toml_table
-from gptrain.data.tokenizer import VOCAB_SIZE
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.evaluation.tasks import parse_task_spec
 from gptrain.model.config import GPTConfig, describe_unknown, get_preset
 from gptrain.model.lora import expand_targets
@@ -183,9 +183,6 @@ class TrainConfig:
         if emb_dim % n_heads:
             raise GptrainError(f"--emb-dim {emb_dim} is not divisible by --n-heads {n_heads}: each head takes "
                                "emb-dim / n-heads dimensions, choose a width that is a multiple of the head count")
-        if self.vocab_size is not None and self.vocab_size < VOCAB_SIZE:
-            raise GptrainError(f"--vocab-size {self.vocab_size} is smaller than the GPT-2 tokenizer's {VOCAB_SIZE:,} "
-                               f"tokens: give at least {VOCAB_SIZE} (more only adds unused rows)")
 
     def check_eval_tasks(self) -> None:
 
@@ -235,9 +232,16 @@ class TrainConfig:
         if not 0.0 < self.decay_fraction <= 1.0:
             raise GptrainError(f"--decay-fraction must be in (0, 1], not {self.decay_fraction!r}")
 
-    def model_config(self) -> GPTConfig:
-        """The preset (or GPTConfig's defaults) with this run's shape and dropout applied."""
+    def model_config(self, tokenizer: Tokenizer | None = None) -> GPTConfig:
+        """The preset (or GPTConfig's defaults) with this run's shape and dropout applied; with a
+        ``tokenizer``, a vocabulary of its size unless --vocab-size asks for more rows."""
         cfg = get_preset(self.preset) if self.preset is not None else GPTConfig()
+        if tokenizer is not None:
+            if self.vocab_size is not None and self.vocab_size < tokenizer.n_vocab:
+                raise GptrainError(f"--vocab-size {self.vocab_size} is smaller than the {tokenizer.n_vocab:,} tokens "
+                                   f"of the tokenizer {tokenizer.name}: give at least {tokenizer.n_vocab} (more only "
+                                   "adds unused rows), or leave it out")
+            cfg = cfg.replace(vocab_size=tokenizer.n_vocab)
         cfg = cfg.replace(**{name: getattr(self, name) for name in ("context_length", *SHAPE_FLAGS)
                              if getattr(self, name) is not None})
         return cfg if self.dropout is None else cfg.replace(drop_rate=self.dropout)

@@ -32,7 +32,9 @@ from gptrain.core.runtime import (
 from gptrain.core.version import package_version
 from gptrain.data.corpus import TokenWindows
 from gptrain.data.instructions import InstructionExamples
+from gptrain.data.splits import data_tokenizer
 from gptrain.data.tokenizer import get_tokenizer
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.model.counts import parameter_counts
 from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.lora import add_lora
@@ -79,7 +81,7 @@ class PendingBest:
             self.weights[name].copy_(tensor)
         self.cfg, self.training_state = model.cfg, training_state
 
-    def write(self, path: Path, train_config: dict[str, Any], template: str | None,
+    def write(self, path: Path, train_config: dict[str, Any], template: str | None, tokenizer: Tokenizer,
               current: tuple[int, Path] | None = None) -> None:
         """Write best/ if it changed; ``current``, (step, checkpoint) just saved, lends its weights
         file when the best weights are that step's."""
@@ -90,7 +92,7 @@ class PendingBest:
         if not same_step:
             load_state_into(plain, dict(self.weights), "the best weights")
         save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state,
-                        template=template, weights_from=current[1] if same_step else None)
+                        template=template, tokenizer=tokenizer, weights_from=current[1] if same_step else None)
         self.training_state = None
 
 
@@ -105,7 +107,7 @@ class Run:
     scaler: torch.amp.GradScaler
     train_windows: TokenWindows | InstructionExamples
     val_windows: TokenWindows | InstructionExamples
-    tokenizer: Any
+    tokenizer: Tokenizer  # the model's: --init's, else the prepared data's, else GPT-2's; saved with each checkpoint
     out: Path
     steps_per_epoch: int
     total_steps: int
@@ -169,6 +171,7 @@ class Setup:
     steps_per_epoch: int
     ranks: list[RankRecord]  # every rank's record, in rank order (for --dry-run)
     test_records: list[dict] | None = None  # an instruction run's held-out records
+    tokenizer: Tokenizer | None = None  # the model's: --init's, else the prepared data's, else GPT-2's
 
 
 def rank_view(cfg: TrainConfig, procs: Processes, device: torch.device, train_windows: TokenWindows) -> str:
@@ -187,10 +190,11 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
         check_launch(procs.world_size, device)
     prepare_device(device, sharded=cfg.fsdp)
     init_model = None
-    if cfg.init is not None:  # transfer learning: SOURCE's architecture and weights
-        init_model, init_sha256 = load_init_model(cfg, device)
+    tokenizer = data_tokenizer(cfg.data) or get_tokenizer()
+    if cfg.init is not None:  # transfer learning: SOURCE's architecture, weights and tokenizer
+        init_model, init_sha256, tokenizer = load_init_model(cfg, device)
         cfg = dataclasses.replace(cfg, init_sha256=init_sha256)
-    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
+    model_cfg = cfg.model_config(tokenizer) if init_model is None else init_model.cfg
     cfg = cfg.resolved_shape(model_cfg)
     echo(f"Model: {model_cfg.describe()}; {parameter_counts(model_cfg).total:,} parameters")
     # Settings are saved resolved: the precision chosen, the grad accum that a token budget stands for.
@@ -202,10 +206,10 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
         cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
     test_records = None
     if cfg.finetune is None:
-        train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+        train_windows, val_windows = load_windows(cfg, model_cfg.context_length, tokenizer)
     else:
         cfg, train_windows, val_windows, test_records = load_instructions(cfg, model_cfg.context_length,
-                                                                          get_tokenizer(), echo)
+                                                                          tokenizer, echo)
     global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
     steps_per_epoch = len(train_windows) // global_batch
     if steps_per_epoch == 0:
@@ -218,7 +222,7 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
     data_sha256 = data_fingerprint(train_windows.tokens, val_windows.tokens)
     agreement.settle(cfg.to_dict(), data_sha256, rank_view(cfg, procs, device, train_windows))
     return Setup(cfg, procs, device, init_model, train_windows, val_windows, data_sha256, steps_per_epoch, [],
-                 test_records)
+                 test_records, tokenizer)
 
 
 def set_up(cfg: TrainConfig, echo: Callable[[str], None]) -> Setup:
@@ -236,7 +240,7 @@ def set_up(cfg: TrainConfig, echo: Callable[[str], None]) -> Setup:
 def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     setup = set_up(cfg, echo)
     cfg, procs, device, init_model = setup.cfg, setup.procs, setup.device, setup.init_model
-    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
+    model_cfg = cfg.model_config(setup.tokenizer) if init_model is None else init_model.cfg
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
     raw_model = GPTModel(model_cfg).to(device) if init_model is None else init_model
@@ -256,7 +260,7 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     run = Run(cfg, procs, device, model, raw_model, optimizer, scaler, setup.train_windows, setup.val_windows,
-              get_tokenizer(), Path(cfg.out), setup.steps_per_epoch, 0, echo, test_records=setup.test_records,
+              setup.tokenizer, Path(cfg.out), setup.steps_per_epoch, 0, echo, test_records=setup.test_records,
               data_sha256=setup.data_sha256)
     run.total_steps = plan_steps(cfg, setup.steps_per_epoch, run.tokens_per_step)
     return run

@@ -10,14 +10,17 @@ from gptrain.core.errors import GptrainError
 from gptrain.data.corpus import TokenWindows
 from gptrain.data.instructions import InstructionExamples
 from gptrain.data.splits import split_tokens
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.training.config import TrainConfig
 
 
-def load_windows(cfg: TrainConfig, context_length: int) -> tuple[TokenWindows, TokenWindows]:
-    """Train and validation windows: a prepared shard folder (memmapped), or text split as the book does."""
+def load_windows(cfg: TrainConfig, context_length: int,
+                 tokenizer: Tokenizer | None = None) -> tuple[TokenWindows, TokenWindows]:
+    """Train and validation windows: a prepared shard folder (memmapped), or text split as the book does,
+    in ``tokenizer``'s ids (GPT-2's by default)."""
     stride = cfg.stride or context_length
     windows = []
-    for name, tokens in split_tokens(cfg.data, cfg.train_ratio, cfg.text_field).items():
+    for name, tokens in split_tokens(cfg.data, cfg.train_ratio, cfg.text_field, tokenizer=tokenizer).items():
         try:
             windows.append(TokenWindows(tokens, context_length, stride if name == "train" else context_length))
         except GptrainError as exc:

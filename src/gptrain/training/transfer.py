@@ -15,6 +15,7 @@ import torch
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.hashing import sha256_file
+from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.interop.sources import resolve_model
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel, meta_model
@@ -48,8 +49,8 @@ def init_config(cfg: TrainConfig, source_cfg: GPTConfig) -> GPTConfig:
     return source_cfg.replace(context_length=context, drop_rate=drop_rate)
 
 
-def load_init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[GPTModel, str]:
-    """The model a run with ``cfg.init`` starts from, and the sha256 of SOURCE's weights file.
+def load_init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[GPTModel, str, Tokenizer]:
+    """The model a run with ``cfg.init`` starts from, the sha256 of SOURCE's weights file, and its tokenizer.
 
     Position embeddings beyond the run's window are dropped (the first rows are the ones a
     shorter window uses). With ``cfg.init_sha256`` set, SOURCE must still hold those weights.
@@ -68,7 +69,7 @@ def load_init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> tup
         state["pos_emb.weight"] = state["pos_emb.weight"][:run_cfg.context_length].clone()
         shorter = meta_model(run_cfg)
         model = load_state_into(shorter, state, cfg.init)
-    return model.train(), sha256
+    return model.train(), sha256, source.tokenizer
 
 
 def check_same_transfer(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
