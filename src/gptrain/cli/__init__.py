@@ -7,12 +7,25 @@ import os
 import sys
 from typing import Sequence
 
-from gptrain.cli import estimate, evaluate, generate, lab, models, prepare, report, serve, tokenizer, train
+from gptrain.cli import (
+    classify,
+    estimate,
+    evaluate,
+    finetune,
+    generate,
+    lab,
+    models,
+    prepare,
+    report,
+    serve,
+    tokenizer,
+    train,
+)
 from gptrain.cli.common import Parser, package_version
 from gptrain.core.errors import GptrainError
 
 # In the order `gptrain --help` lists them; models adds download-gpt2, export, info and compare.
-COMMANDS = (prepare, train, generate, models, evaluate, report, lab, serve, estimate, tokenizer)
+COMMANDS = (prepare, train, finetune, classify, generate, models, evaluate, report, lab, serve, estimate, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from gptrain.interop.hub import gpt2_size, source_path
 from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
 from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel
-from gptrain.store.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from gptrain.store.checkpoint import checkpoint_classifier, load_checkpoint, read_checkpoint_config, resolve_checkpoint
 from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
 
 # The kinds of reference, as ModelSource.kind names them.
@@ -50,6 +50,8 @@ class ModelSource:
     tokenizer: str = TOKENIZER_NAME
     tokenizer_sha256: str = TABLE_SHA256
     template: str | None = None  # the prompt template of an instruction-tuned checkpoint
+    labels: list[str] | None = None  # a classifier's classes, in the order of its head's outputs
+    max_length: int | None = None  # the length a classifier's inputs are cut and padded to
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,20 @@ def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
     return weights, cfg
 
 
-def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None) -> ModelSource:
-    """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``."""
+def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None,
+                  allow_classifier: bool = False) -> ModelSource:
+    """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``; a
+    classifier only with ``allow_classifier``."""
     located = _locate(source)
-    template = None
+    template, classifier = None, {}
     if located.checkpoint is not None:
         config = read_checkpoint_config(located.checkpoint)
         check_tokenizer(config, source)
         template = config.get("template")
+        classifier = checkpoint_classifier(config, located.checkpoint) or {}
+        if classifier and not allow_classifier:
+            raise GptrainError(f"{source} is a classifier (labels {', '.join(classifier['labels'])}), not a language "
+                               "model: use it with gptrain classify, or give a language model here")
         model = load_checkpoint(located.checkpoint, device=device)
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
@@ -141,7 +149,8 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
         model.eval()
         origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
-                       weights_file=located.weights_file, template=template)
+                       weights_file=located.weights_file, template=template,
+                       labels=classifier.get("labels"), max_length=classifier.get("max_length"))
 
 
 def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:

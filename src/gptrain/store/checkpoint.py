@@ -1,7 +1,9 @@
 """Checkpoints: a directory that rebuilds its model with no other input.
 
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
-    config.json          the model config, the run's settings, the tokenizer, step and tokens seen
+    config.json          the model config, the run's settings, the tokenizer, step and tokens seen;
+                         a classifier's class labels (in the order of its head's outputs) and the
+                         length its inputs are padded to
     training_state.pt    optional: optimizer and everything else needed to resume training
     optimizer/           instead of the optimizer in training_state.pt, under FSDP: its shards as
                          written by torch.distributed.checkpoint (see gptrain.training.parallel)
@@ -31,6 +33,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
 from gptrain.core.tensorfile import save_tensors
 from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
+from gptrain.model.classifier import add_class_head
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
@@ -59,12 +62,14 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
-                    template: str | None = None) -> Path:
+                    template: str | None = None, classifier: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
     ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
     the prompt template an instruction-tuned model was taught with (see gptrain.data.templates), is
-    recorded so that later commands format prompts the same way.
+    recorded so that later commands format prompts the same way; ``classifier``, a classifier's
+    ``{"labels": [...], "max_length": N}`` (its classes in the order of its head's outputs and the length
+    its inputs are padded to), so that it is rebuilt with that head and fed as it was trained.
     """
     path = Path(path)
     model = unwrap_model(model)
@@ -85,6 +90,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             }
             if template is not None:
                 config["template"] = template
+            if classifier is not None:
+                config["classifier"] = classifier
             write_json_atomic(tmp / CONFIG_FILE, config)
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
@@ -130,6 +137,18 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def checkpoint_classifier(config: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """A classifier checkpoint's ``{"labels": [...], "max_length": N}``, or None for a language model."""
+    if "classifier" not in config:
+        return None
+    classifier = config["classifier"] if isinstance(config["classifier"], dict) else {}
+    labels, length = classifier.get("labels"), classifier.get("max_length")
+    if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels)
+            or not isinstance(length, int) or length < 1):
+        raise GptrainError(f"{path}: its config.json describes no valid classifier: use another checkpoint")
+    return classifier
+
+
 def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(path, device=str(device))
@@ -171,8 +190,11 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", wit
     path = resolve_checkpoint(path)
     config = read_checkpoint_config(path)
     cfg = GPTConfig.from_dict(config["model"])
+    classifier = checkpoint_classifier(config, path)
     with torch.device("meta"):
         model = GPTModel(cfg)
+        if classifier is not None:
+            add_class_head(model, len(classifier["labels"]))
     weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, device))
     load_state_into(model, weights, path / WEIGHTS_FILE)
     model.eval()
