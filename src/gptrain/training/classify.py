@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import write_json_atomic
@@ -157,12 +157,13 @@ class Inputs:
 
 
 def train_epoch(model: nn.Module, inputs: Inputs, optimizer: torch.optim.Optimizer, batch_size: int) -> list[float]:
-    """One pass over ``inputs`` in shuffled batches (the book's DataLoader order: shuffle, drop_last);
-    the loss of each step."""
+    """One pass over ``inputs`` in shuffled batches; the loss of each step. The rows come in the order
+    (and with the draws from torch's global generator) of the book's ``DataLoader(shuffle=True,
+    drop_last=True)``, so that a seed gives the book's batches."""
     model.train()
     losses = []
-    for rows in BatchSampler(RandomSampler(range(len(inputs))), batch_size, drop_last=True):
-        hidden, targets = inputs.batch(torch.tensor(rows))
+    for rows in DataLoader(range(len(inputs)), batch_size=batch_size, shuffle=True, drop_last=True):
+        hidden, targets = inputs.batch(rows)
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(inputs.device.type, inputs.precision):
             logits = class_logits(model, hidden, inputs.start)
