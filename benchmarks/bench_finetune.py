@@ -134,7 +134,11 @@ def compare_one_epoch(cfg, train, val, device, batch_size: int) -> dict[str, tup
     """Train and validation loss and accuracy after one epoch of each loop from the same state,
     computed with the book's functions: (book, gptrain) per figure."""
     import torch
-    from llms_from_scratch.ch06 import calc_accuracy_loader, calc_loss_loader, train_classifier_simple
+    from llms_from_scratch.ch06 import (
+        calc_accuracy_loader,
+        calc_loss_loader,
+        train_classifier_simple,
+    )
 
     from gptrain.training.classify import Inputs, train_epoch
     from gptrain.training.config import TrainConfig
