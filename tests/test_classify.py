@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gptrain import GPTModel, calc_loss_batch_classifier, resolve_model, save_checkpoint
+from gptrain import GPTModel, calc_loss_batch_classifier, count_parameters, resolve_model, save_checkpoint
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.model.classifier import add_class_head, freeze_for_classification
@@ -104,11 +104,15 @@ def test_the_checkpoint_rebuilds_the_classifier_and_language_model_commands_refu
     source = resolve_model(run, allow_classifier=True)
     assert source.labels == ["food", "sport"] and source.max_length == 6
     assert source.model.out_head.out_features == 2 and source.model.out_head.bias is not None
+    assert count_parameters(source.model) == sum(p.numel() for p in source.model.parameters())
+    assert count_parameters(source.model, include_out_head=False) == count_parameters(source.model) - 2 * 32 - 2
     with pytest.raises(GptrainError, match="is a classifier"):
         resolve_model(run)
     assert main(["generate", "--model", str(run), "--prompt", "We love"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a classifier (labels food, sport)" in err and "gptrain classify" in err
+    assert main(["info", str(run)]) == 0
+    assert "Classifier of 2 labels: food, sport (texts padded to 6 tokens)" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "<h2>Classification</h2>" in page and "test: accuracy" in page
@@ -142,10 +146,12 @@ def test_reusing_the_frozen_blocks_output_gives_the_full_models_losses(tiny_cfg,
     assert len(losses) == 8 and losses == pytest.approx(expected, abs=1e-5)
 
 
-def test_lora_trains_adapters_and_the_head_and_saves_them_merged(place, capsys):
-    out = place / "lora-run"
+def test_lora_trains_adapters_and_the_head_and_saves_them_merged(place):
+    out, printed = place / "lora-run", []
     finetune_classifier(ClassifyConfig(model=str(place / "base"), data=str(place / "topics.csv"), out=str(out),
-                                       lora_rank=2, epochs=1, device="cpu", precision="fp32"), echo=lambda line: None)
+                                       lora_rank=2, epochs=1, max_length=4, device="cpu", precision="fp32"),
+                        echo=printed.append)
+    assert re.search(r"padded to 4 tokens; \d+ longer texts cut to that length", printed[0]), printed[0]
     source = resolve_model(out, allow_classifier=True)
     assert source.labels == ["food", "sport"] and not any("lora" in name for name, _ in source.model.named_parameters())
     assert (out / "final" / ADAPTER_FILE).is_file()

@@ -172,15 +172,18 @@ def pad_encoded(encoded: list[list[int]], max_length: int, pad_token_id: int = E
 
 
 def encode_labeled(data: LabeledTexts, tokenizer, classes: list[str], max_length: int,
-                   pad_token_id: int = END_OF_TEXT_ID) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, max_length) token ids and each row's class index."""
+                   pad_token_id: int = END_OF_TEXT_ID) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(rows, max_length) token ids, each row's class index, and how many texts were cut to fit."""
     index = {label: i for i, label in enumerate(classes)}
     unknown = sorted(set(data.labels) - set(index))
     if unknown:
         raise GptrainError(f"{data.source} has label(s) {', '.join(map(repr, unknown))} that the training data "
                            f"lacks (its classes: {', '.join(classes)}): train with every class")
-    ids = pad_encoded([tokenizer.encode(text, allowed_special="all") for text in data.texts], max_length, pad_token_id)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor([index[label] for label in data.labels], dtype=torch.long)
+    encoded = [tokenizer.encode(text, allowed_special="all") for text in data.texts]
+    cut = sum(len(ids) > max_length for ids in encoded)
+    ids = pad_encoded(encoded, max_length, pad_token_id)
+    return (torch.tensor(ids, dtype=torch.long), torch.tensor([index[label] for label in data.labels], dtype=torch.long),
+            cut)
 
 
 class SpamDataset(Dataset):

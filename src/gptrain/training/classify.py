@@ -237,11 +237,13 @@ def finetune_classifier(cfg: ClassifyConfig, echo: Callable[[str], None] = print
     write_json_atomic(out / "config.json", {"model": model.cfg.to_dict(), "train": dataclasses.asdict(cfg),
                                             "classifier": {"labels": splits.classes, "max_length": max_length},
                                             "source": source.origin})
-    echo(f"Classes: {', '.join(splits.classes)}; " + ", ".join(f"{name} {len(ids)}" for name, (ids, _) in encoded.items())
-         + f" texts, cut and padded to {max_length} tokens")
+    cut = sum(count for _, _, count in encoded.values())
+    echo(f"Classes: {', '.join(splits.classes)}; " + ", ".join(f"{name} {len(ids)}" for name, (ids, _, _) in encoded.items())
+         + f" texts, padded to {max_length} tokens" + (f"; {cut} longer texts cut to that length" if cut else ""))
     log = MetricsLog(out)
     try:
-        _train_and_evaluate(cfg, model, encoded, splits.classes, device, precision, log, echo)
+        _train_and_evaluate(cfg, model, {name: (ids, targets) for name, (ids, targets, _) in encoded.items()},
+                            splits.classes, device, precision, log, echo)
     finally:
         log.close()
     save_checkpoint(model, out / FINAL_DIR, train_config=dataclasses.asdict(cfg),
