@@ -86,8 +86,10 @@ class ClassifyConfig:
                 raise GptrainError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.max_length is not None and self.max_length < 1:
             raise GptrainError(f"--max-length must be at least 1, not {self.max_length}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise GptrainError(f"--lr must be positive, not {self.lr}")
+        if not self.weight_decay >= 0:
+            raise GptrainError(f"--weight-decay must not be negative, not {self.weight_decay}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise GptrainError(f"--drop-rate must be in [0, 1), not {self.drop_rate}")
         if self.train_all and self.lora_rank is not None:
