@@ -1,4 +1,4 @@
-"""Generation speed: gptrain against the book's generate_text_simple and HF GPT2LMHeadModel.generate.
+"""Generation speed: gptrain against the book's generate_text_simple, HF GPT2LMHeadModel.generate and llama.cpp.
 
 One process, the same random GPT-2 124M weights in every model (ours is built with tied
 embeddings and q/k/v biases, which makes it GPT-2 exactly, and its weights are copied into
@@ -10,9 +10,17 @@ every weight matrix and nothing else, in that setting's precision: each step rea
 weights once, so this is the bandwidth ceiling that no implementation of one-token-per-step
 decoding can pass (whether bf16's half-size weights raise it depends on the CPU's bf16 kernels).
 
-    python benchmarks/bench_generate.py                 # fp32 batch 1 (with the book), then bf16 and batch 8
+int8-b1 is gptrain.quantize's int8 weights. At batch 1, llama.cpp (llama-cpp-python, when
+installed) runs the same weights exported by gptrain.export_gguf: f32 beside fp32, f16 beside
+bf16, q8_0 beside int8, with as many threads as torch. Then both programs run as whole
+processes, `gptrain generate` and a llama.cpp script (see llama_cpp_rows.py), from start to
+exit, on a 4-token text prompt; the last table gives gptrain's time per token over llama.cpp's
+for each precision and path (the goal is at most 1.5x).
+
+    python benchmarks/bench_generate.py                 # fp32 batch 1 (with the book), then bf16, int8 and batch 8
     python benchmarks/bench_generate.py --threads 1 --rounds 5
-    python benchmarks/bench_generate.py --settings fp32-b1 --book-everywhere
+    python benchmarks/bench_generate.py --settings fp32-b1 int8-b1 --new-tokens 200   # beside llama.cpp only
+    python benchmarks/bench_generate.py --settings fp32-b1 --book-everywhere --skip-llama-cpp
 """
 
 from __future__ import annotations
@@ -21,21 +29,35 @@ import argparse
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_int8 import ceiling as int8_ceiling  # noqa: E402
 from common import book_model_from, hf_model_from, machine_description, random_gpt2_124m  # noqa: E402
+from llama_cpp_rows import (  # noqa: E402
+    GGUF_FOR,
+    have_llama_cpp,
+    llama_model,
+    llama_runner,
+    process_commands,
+    time_process,
+)
 
-from gptrain.inference.generate import generate
+from gptrain import export_gguf, quantize, save_checkpoint  # noqa: E402
+from gptrain.inference.generate import generate  # noqa: E402
 
-SETTINGS = {"fp32-b1": (torch.float32, 1), "bf16-b1": (torch.bfloat16, 1),
-            "fp32-b8": (torch.float32, 8), "bf16-b8": (torch.bfloat16, 8)}
+SETTINGS = {"fp32-b1": ("fp32", 1), "bf16-b1": ("bf16", 1), "int8-b1": ("int8", 1),
+            "fp32-b8": ("fp32", 8), "bf16-b8": ("bf16", 8)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+PROCESS_PROMPT = "Every effort moves you"  # 4 GPT-2 tokens, as the in-process prompts
 
 
 def runners(ours, book, hf, new_tokens: int):
+    """The book's and HF's generation of ``new_tokens`` greedy tokens, as functions of a prompt tensor."""
     from llms_from_scratch.ch04 import generate_text_simple as book_generate
 
     context = ours.cfg.context_length
@@ -49,11 +71,7 @@ def runners(ours, book, hf, new_tokens: int):
             return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new_tokens,
                                do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    def run_ours(idx):
-        return generate(ours, idx, new_tokens, context)
-
-    return {"book generate_text_simple": run_book, "HF GPT2LMHeadModel.generate": run_hf,
-            "gptrain generate": run_ours}
+    return {"book generate_text_simple": run_book, "HF GPT2LMHeadModel.generate": run_hf}
 
 
 def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -96,36 +114,70 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads [torch's default]")
     parser.add_argument("--book-everywhere", action="store_true",
                         help="time the book in every setting, not only fp32 batch 1 (slow)")
+    parser.add_argument("--skip-llama-cpp", action="store_true", help="no llama.cpp rows")
+    parser.add_argument("--skip-processes", action="store_true", help="no whole-process rows")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    with_llama = not args.skip_llama_cpp and have_llama_cpp()
 
     base = random_gpt2_124m(args.seed)
     cfg = base.cfg
     prompts = torch.randint(0, cfg.vocab_size, (8, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
-    print(f"{machine_description(torch.device('cpu'))}, {torch.get_num_threads()} torch threads")
+    print(f"{machine_description(torch.device('cpu'))}, {threads} torch threads")
     print(f"GPT-2 124M with random weights, {args.prompt_tokens}-token prompts, {args.new_tokens} new greedy "
-          f"tokens per row, median of {args.rounds} alternating rounds\n")
+          f"tokens per row, median of {args.rounds} alternating rounds")
+    if not with_llama and not args.skip_llama_cpp:
+        print("llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python)")
+    print()
 
     with torch.no_grad():
         torch.testing.assert_close(base(prompts[:1]), hf_model_from(base).eval()(prompts[:1]).logits,
                                    atol=1e-3, rtol=1e-4)
-    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        b1 = [SETTINGS[s][0] for s in args.settings if SETTINGS[s][1] == 1]
+        gguf = {GGUF_FOR[p]: export_gguf(base, Path(tmp) / f"{GGUF_FOR[p]}.gguf", dtype=GGUF_FOR[p])
+                for p in b1} if with_llama else {}
+        rows, speeds_at = in_process_rows(args, base, prompts, gguf, threads)
+        if not args.skip_processes and with_llama:
+            checkpoint = save_checkpoint(base, Path(tmp) / "gpt2-124M-random")
+            rows += process_rows(args, checkpoint, gguf, b1, threads, speeds_at)
+
+    print("\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
+    for setting, name, speed, ratio in rows:
+        shown = "" if name == "gptrain generate" or ratio is None else f"{ratio:.2f}x"
+        print(f"| {setting} | {name} | {speed:.1f} | {shown} |")
+    if with_llama:
+        print_llama_ratios(speeds_at)
+
+
+def in_process_rows(args, base, prompts, gguf: dict, threads: int) -> tuple[list, dict]:
+    """The timed rows of every setting in this process, and each setting's tokens/s by implementation."""
+    rows, speeds_at = [], {}
     for setting in args.settings:
-        dtype, batch = SETTINGS[setting]
-        ours = copy.deepcopy(base).to(dtype).eval()  # as a user has it: no layout call
-        hf = hf_model_from(base).eval().to(dtype)
-        book = book_model_from(base).eval().to(dtype)
-        run = runners(ours, book, hf, args.new_tokens)
-        if not (setting == "fp32-b1" or args.book_everywhere):
-            del run["book generate_text_simple"]
+        precision, batch = SETTINGS[setting]
+        ours = copy.deepcopy(base).to(DTYPES[precision]).eval()  # as a user has it: no layout call
+        run = {}
+        if precision == "int8":
+            ours = quantize(ours)
+        else:
+            hf = hf_model_from(base).eval().to(DTYPES[precision])
+            book = book_model_from(base).eval().to(DTYPES[precision])
+            run = runners(ours, book, hf, args.new_tokens)
+            if not (setting == "fp32-b1" or args.book_everywhere):
+                del run["book generate_text_simple"]
+        run["gptrain generate"] = lambda idx, model=ours: generate(model, idx, args.new_tokens, model.cfg.context_length)
+        if batch == 1 and gguf:
+            kind = GGUF_FOR[precision]
+            run[f"llama.cpp {kind}"] = llama_runner(llama_model(gguf[kind], threads), args.new_tokens)
         idx = prompts[:batch]
         outputs = {name: fn(idx) for name, fn in run.items()}  # also the warm-up
         reference = outputs["gptrain generate"]
         for name, out in outputs.items():
             if name != "gptrain generate":
-                print(f"{setting}: greedy tokens of gptrain and {name.split()[0]}: {first_difference(reference, out)}")
+                print(f"{setting}: greedy tokens of gptrain and {name}: {first_difference(reference, out)}")
         times = {name: [] for name in run}
         for _ in range(args.rounds):
             for name, fn in run.items():
@@ -133,17 +185,51 @@ def main() -> None:
                 fn(idx)
                 times[name].append(time.perf_counter() - started)
         speeds = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+        speeds_at[setting] = speeds
         for name, speed in speeds.items():
             rows.append((setting, name, speed, speeds["gptrain generate"] / speed))
         if batch == 1:
-            rows.append(weight_streaming_ceiling(ours, setting, args.rounds))
-        del ours, hf, book
+            rows.append((setting, "weights alone (bandwidth ceiling)", int8_ceiling(ours, args.rounds), None)
+                        if precision == "int8" else weight_streaming_ceiling(ours, setting, args.rounds))
+        del ours, run
+    return rows, speeds_at
 
-    print("\n| setting | implementation | tokens/s | gptrain is |\n|---|---|---:|---:|")
-    for setting, name, speed, ratio in rows:
-        shown = "" if name == "gptrain generate" or ratio is None else f"{ratio:.2f}x"
-        print(f"| {setting} | {name} | {speed:.1f} | {shown} |")
 
+def process_rows(args, checkpoint: Path, gguf: dict, precisions: list[str], threads: int, speeds_at: dict) -> list:
+    """Whole-process rows: each command run ``rounds`` times, alternating; median wall time and reported speed."""
+    rows = []
+    for precision in precisions:
+        commands = process_commands(checkpoint, gguf, precision, PROCESS_PROMPT, args.new_tokens, threads)
+        runs = {name: [] for name in commands}
+        for _ in range(args.rounds):
+            for name, command in commands.items():
+                runs[name].append(time_process(command, threads))
+        setting = f"{precision}-b1"
+        for name, results in runs.items():
+            wall = statistics.median(r[0] for r in results)
+            tokens = results[0][2]
+            reported = statistics.median(r[1] for r in results)
+            speeds_at[setting][f"{name} whole"] = tokens / wall
+            speeds_at[setting][f"{name} reported"] = reported
+            rows.append((setting, f"{name}: {tokens} tokens, start to exit {wall:.2f} s", tokens / wall, None))
+            rows.append((setting, f"{name}: generation as the program reports it", reported, None))
+    return rows
+
+
+def print_llama_ratios(speeds_at: dict) -> None:
+    """gptrain's time per token over llama.cpp's, per precision and path (goal: at most 1.5x)."""
+    print("\n| precision (gptrain / llama.cpp) | Python API vs llama-cpp-python | gptrain generate vs llama.cpp, "
+          "generation as reported | whole process, start to exit |\n|---|---:|---:|---:|")
+    for setting, speeds in speeds_at.items():
+        precision = SETTINGS[setting][0]
+        llama = f"llama.cpp {GGUF_FOR[precision]}"
+        if llama not in speeds:
+            continue
+        api = speeds[llama] / speeds["gptrain generate"]
+        cli = [speeds.get(f"{llama} (process) {kind}", 0) / speeds.get(f"gptrain generate (process) {kind}", float("nan"))
+               for kind in ("reported", "whole")]
+        shown = [f"{ratio:.2f}x" if ratio == ratio else "-" for ratio in cli]  # nan: no gptrain command (bf16)
+        print(f"| {precision} / {GGUF_FOR[precision]} | {api:.2f}x | {shown[0]} | {shown[1]} |")
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, random_gpt2_124m  # noqa: E402
 
 from gptrain import generate, quantize  # noqa: E402
-from gptrain.inference.quantize import Int8Linear, weight_bytes  # noqa: E402
+from gptrain.model.quantize import Int8Linear, weight_bytes  # noqa: E402
 
 
 def median_seconds(fn, rounds: int, repeat: int = 1) -> float:

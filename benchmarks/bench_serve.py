@@ -4,7 +4,9 @@ A GPT-2 124M checkpoint with random weights is served by `gptrain serve` in a ch
 (the CLI's own path: weights stored transposed for CPU decoding). For each number of clients,
 that many threads start together, each streaming one greedy completion of ``--new-tokens``
 tokens for its own prompt. The same load then goes to a server started with ``--max-batch 1``,
-which serves the requests one at a time in arrival order. Only one server runs at a time.
+which serves the requests one at a time in arrival order, and to a batched server started with
+``--quantize int8`` (int8 weights, gptrain.quantize). Each batched server's gain is taken
+against its own one-client run, measured just before.
 
 Figures per run: aggregate tokens/s (all tokens over the wall time from the first request to
 the last token), time to first token (p50 / p95 over clients) and time between tokens (p50
@@ -12,6 +14,7 @@ over every gap of every stream), all measured by the clients.
 
     python benchmarks/bench_serve.py                          # 1, 4, 8, 16 clients, 128 tokens
     python benchmarks/bench_serve.py --clients 1 8 --new-tokens 64 --skip-unbatched
+    python benchmarks/bench_serve.py --clients 1 8 --skip-unbatched --skip-int8   # fp32 only
     python benchmarks/bench_serve.py --threads 1            # on a machine whose cores are busy with other work
 """
 
@@ -83,11 +86,11 @@ def run_load(host: str, clients: int, new_tokens: int) -> dict:
             "tbt_p50": statistics.median(gaps) if gaps else float("nan")}
 
 
-def start_server(checkpoint: Path, max_batch: int, threads: int | None,
+def start_server(checkpoint: Path, flags: list[str], threads: int | None,
                  device: str = "cpu") -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     process = subprocess.Popen([sys.executable, "-m", "gptrain", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-                                "--max-batch", str(max_batch), "--max-queue", "64", "--device", device],
+                                "--max-queue", "64", "--device", device, *flags],
                                stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()
     found = re.search(r"http://([\d.]+:\d+)/v1", line)
@@ -101,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--skip-unbatched", action="store_true", help="only the batched server")
+    parser.add_argument("--skip-unbatched", action="store_true", help="no --max-batch 1 server")
+    parser.add_argument("--skip-int8", action="store_true", help="no --quantize int8 server")
     parser.add_argument("--threads", type=int, default=None,
                         help="the server's torch threads (OMP_NUM_THREADS) [torch's default: one per core]")
     args = parser.parse_args()
@@ -115,32 +119,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(123)
         checkpoint = save_checkpoint(GPTModel(get_preset("124M")), Path(tmp) / "gpt2-124M-random")
-        servers = {"batched (--max-batch 16)": 16, **({} if args.skip_unbatched else {"one at a time (--max-batch 1)": 1})}
+        fp32 = "batched (--max-batch 16)"
+        servers = {fp32: (["--max-batch", "16"], fp32)}  # label: (flags, the server whose one client is the baseline)
+        if not args.skip_unbatched:
+            servers["one at a time (--max-batch 1)"] = (["--max-batch", "1"], fp32)
+        if not args.skip_int8:
+            int8 = "batched int8 (--max-batch 16 --quantize int8)"
+            servers[int8] = (["--max-batch", "16", "--quantize", "int8"], int8)
         processes, hosts = [], {}
         try:
-            for label, max_batch in servers.items():
-                process, hosts[label] = start_server(checkpoint, max_batch, args.threads)
+            for label, (flags, _) in servers.items():
+                process, hosts[label] = start_server(checkpoint, flags, args.threads)
                 processes.append(process)
                 run_load(hosts[label], 1, 8)  # warm-up: first allocations, lazy initialisations
             rows = []
             for clients in args.clients:
                 # The machine's load drifts: each load is measured next to a one-client run on the
-                # batching server, and the ratio is taken against that neighbour.
-                single = run_load(hosts["batched (--max-batch 16)"], 1, args.new_tokens)
-                for label in servers:
+                # batched server with the same weights, and the ratio is taken against that neighbour.
+                singles = {baseline: run_load(hosts[baseline], 1, args.new_tokens)
+                           for baseline in dict.fromkeys(baseline for _, baseline in servers.values())}
+                for label, (_, baseline) in servers.items():
+                    single = singles[baseline]
                     figures = run_load(hosts[label], clients, args.new_tokens)
                     rows.append((label, clients, figures, figures["tokens_per_s"] / single["tokens_per_s"]))
                     print(f"{label}, {clients} clients: {figures['tokens']} tokens in {figures['seconds']:.1f} s, "
-                          f"{figures['tokens_per_s']:.1f} tokens/s ({rows[-1][3]:.2f}x the one-client run just before: "
-                          f"{single['tokens_per_s']:.1f}), TTFT p50 {figures['ttft_p50']:.2f} s, "
+                          f"{figures['tokens_per_s']:.1f} tokens/s ({rows[-1][3]:.2f}x the one-client run just before "
+                          f"on {baseline}: {single['tokens_per_s']:.1f}), TTFT p50 {figures['ttft_p50']:.2f} s, "
                           f"p95 {figures['ttft_p95']:.2f} s, TBT p50 {1000 * figures['tbt_p50']:.0f} ms", flush=True)
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=60)
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
-    print("\n| server | clients | aggregate tokens/s | vs 1 client (batched, measured just before) | TTFT p50 | "
-          "TTFT p95 | time between tokens p50 |")
+    print("\n| server | clients | aggregate tokens/s | vs 1 client (batched, same weights, measured just before) | "
+          "TTFT p50 | TTFT p95 | time between tokens p50 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, clients, f, ratio in rows:
         print(f"| {label} | {clients} | {f['tokens_per_s']:.1f} | {ratio:.2f}x | {f['ttft_p50']:.2f} s | "

@@ -60,7 +60,7 @@ CASES = [
     (["train", "--train-ratio", "1.5"], "--train-ratio must be between 0 and 1"),
     (["train", "--dropout", "1"], "--dropout must be in [0, 1)"),
     (["train", "--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["train", "--logger", "wandb"], "invalid choice: 'wandb'"),
+    (["train", "--logger", "neptune"], "invalid choice: 'neptune'"),
     (["train", "--grad-accum", "2", "--global-batch-tokens", "1024"], "not both"),
     (["train", "--warmup-steps", "-1"], "--warmup-steps must be a non-negative integer"),
     (["train", "--eval-freq", "-1"], "--eval-freq must be a non-negative integer"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gptrain import GPTConfig, GPTModel, GptrainError, generate, quantize, save_checkpoint
+from gptrain.cli import main
 from gptrain.interop.gguf import export_gguf
 
 gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf package: pip install 'gptrain[gguf]'")
@@ -188,3 +189,15 @@ def test_bad_export_formats_are_one_line(tmp_path, model, args, message):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_gptrain_export_gguf_refuses_a_classifier_in_one_line(tmp_path, tiny_cfg, capsys):
+    classifier = GPTModel(tiny_cfg)
+    classifier.out_head = torch.nn.Linear(tiny_cfg.emb_dim, 2)  # the book's chapter 6 head: 2 classes
+    torch.save(classifier.state_dict(), tmp_path / "classifier.pth")
+    capsys.readouterr()
+    assert main(["export", "--model", str(tmp_path / "classifier.pth"), "--n-heads", "4", "--format", "gguf",
+                 "--out", str(tmp_path / "new" / "model.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out_head.weight has shape (2, 32)" in err[0], err
+    assert not (tmp_path / "new").exists()  # nothing written, not even the folder

@@ -1,6 +1,7 @@
 """Weight-only int8 inference (gptrain.quantize) against the float model it came from."""
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -9,8 +10,12 @@ import torch
 import torch.nn.functional as F
 
 import gptrain
+import gptrain.interop.sources
 from gptrain import GPTModel, GptrainError, add_lora, evaluate_tokens, generate, split_text
-from gptrain.inference.quantize import (
+from gptrain.cli import main
+from gptrain.evaluation.tasks import evaluate_task
+from gptrain.lecture.compare import compare_continuations
+from gptrain.model.quantize import (
     Int8Embedding,
     Int8Linear,
     has_int8_kernel,
@@ -139,3 +144,69 @@ def test_gptrain_generate_quantize_int8_gives_what_the_python_api_gives(tmp_path
     bad = subprocess.run([sys.executable, "-m", "gptrain", "generate", "--model", str(checkpoint), "--quantize", "int4"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'int4'" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def float_checkpoint(tmp_path_factory):
+    torch.manual_seed(5)
+    cfg = gptrain.GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    model = GPTModel(cfg).eval()
+    return model, gptrain.save_checkpoint(model, tmp_path_factory.mktemp("int8") / "run")
+
+
+def test_gptrain_eval_quantize_int8_scores_the_int8_model(float_checkpoint, verdict_text, tokenizer, capsys):
+    model, checkpoint = float_checkpoint
+    text = checkpoint.parent / "page.txt"
+    text.write_text(verdict_text[:2000], encoding="utf-8")
+    capsys.readouterr()
+    base = ["eval", "--model", str(checkpoint), "--device", "cpu", "--precision", "fp32", "--json"]
+    assert main([*base, "--data", str(text), "--quantize", "int8"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    ids = tokenizer.encode(text.read_text(encoding="utf-8"))
+    expected = evaluate_tokens(quantize(copy.deepcopy(model)), ids)
+    assert got["loss"] == pytest.approx(expected.loss, rel=1e-6)
+    assert got["loss"] != pytest.approx(evaluate_tokens(model, ids).loss, rel=1e-7)  # not the float model's
+    mc = checkpoint.parent / "mc.jsonl"
+    mc.write_text(json.dumps({"context": "Every effort moves", "choices": [" you", " the", " him"], "answer": 0}) + "\n")
+    assert main([*base, "--task", "mc", "--data", str(mc), "--quantize", "int8"]) == 0
+    task = json.loads(capsys.readouterr().out)
+    assert task["examples"] == 1
+    assert task["acc"] == evaluate_task(quantize(copy.deepcopy(model)), "mc", mc, progress=False).metrics["acc"]
+
+
+def test_gptrain_compare_quantize_int8_continues_with_the_int8_models(float_checkpoint, tokenizer, capsys, monkeypatch):
+    model, checkpoint = float_checkpoint
+    monkeypatch.setenv("COLUMNS", "400")  # each row on one line
+    capsys.readouterr()
+    prompt = "Every effort moves you"
+    assert main(["compare", "--model", str(checkpoint), "--baseline", "none", "--prompt", prompt, "--temperature", "0",
+                 "--max-new-tokens", "8", "--device", "cpu", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    ids = gptrain.text_to_token_ids(prompt, tokenizer)
+    continued = generate(quantize(copy.deepcopy(model)), ids, 8, 32)[0, ids.shape[1]:]
+    trained_row = next(line for line in out.splitlines() if line.startswith("trained "))
+    assert trained_row.split(" | ", 1)[1] == " ".join(gptrain.token_ids_to_text(continued, tokenizer).split())
+    rows = compare_continuations(prompt, checkpoint=checkpoint, pretrained=None, max_new_tokens=8, temperature=0,
+                                 quantize="int8")
+    assert rows[1][1] == gptrain.token_ids_to_text(continued, tokenizer)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA: the command's test below runs instead")
+def test_a_device_without_int8_kernels_is_refused_before_the_model_loads(float_checkpoint, tmp_path):
+    _, checkpoint = float_checkpoint
+    with pytest.raises(GptrainError, match=r"^PyTorch .* has no int8 weight kernel .* on cuda: run it on the CPU "
+                                           r"\(--device cpu\), or leave out --quantize$"):
+        gptrain.interop.sources.resolve_model(tmp_path / "not-read", device="cuda", quantize="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_quantize_int8_on_cuda_runs_or_is_one_line(float_checkpoint, capsys):
+    _, checkpoint = float_checkpoint
+    capsys.readouterr()
+    code = main(["generate", "--model", str(checkpoint), "--device", "cuda", "--quantize", "int8", "--no-stream",
+                 "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    if has_int8_kernel("cuda"):
+        assert code == 0, err
+    else:
+        assert code == 2 and err.startswith("gptrain: error: PyTorch") and len(err.strip().splitlines()) == 1

@@ -123,6 +123,7 @@ COMMANDS = {
                                "--context-length", "16", "--max-steps", "1", "--device", "cpu"],
     "prepare": lambda ctx, out: ["prepare", ctx["text"], "--out", out, "--workers", "1"],
     "export": lambda ctx, out: ["export", "--checkpoint", ctx["run"], "--out", out],
+    "export-gguf": lambda ctx, out: ["export", "--checkpoint", ctx["run"], "--format", "gguf", "--out", out],
     "report": lambda ctx, out: ["report", ctx["run"], "--out", out],
 }
 

@@ -2,12 +2,14 @@
 
 import concurrent.futures
 import contextlib
+import copy
 import http.client
 import json
 import math
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,9 +21,9 @@ import openai
 import pytest
 import torch
 
-from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, save_checkpoint
-from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence
+from gptrain import GPTConfig, GPTModel, get_tokenizer, load_checkpoint, quantize, save_checkpoint
 from gptrain.cli import main
+from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence
 from gptrain.inference.generate import generate
 from gptrain.inference.serve import ServeConfig, make_server, url_of
 
@@ -258,28 +260,75 @@ def test_sixteen_concurrent_streaming_clients_get_what_they_would_get_alone(chec
         assert state["running"] == 0 and state["waiting"] == 0
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(checkpoint):
+def until(condition, url, what: str) -> dict:
+    """Polls /health until ``condition(state)`` holds (30 s at most); the last state."""
+    deadline = time.monotonic() + 30
+    while not condition(state := health(url)):
+        assert time.monotonic() < deadline, f"never {what}: {state}"
+        time.sleep(0.01)
+    return state
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not-streamed"])
+def test_a_client_that_disconnects_frees_its_slot_within_one_decode_step(checkpoint, stream):
     model = load_checkpoint(checkpoint)
     pacer = Pacer(model, free=2)  # the prompt's pass and one decode step, then one step per allow()
     with running_server(checkpoint, model=model) as url:
         try:
             connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
             connection.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 100,
-                                                                      "stream": True, "temperature": 0}),
+                                                                      "stream": stream, "temperature": 0}),
                                {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            assert response.readline().startswith(b"data: ")
-            connection.sock.shutdown(2)
+            if stream:
+                assert connection.getresponse().readline().startswith(b"data: ")
+            # The engine now waits inside its second decode step's forward pass.
+            until(lambda state: state["steps"] == 1 and state["running"] == 1, url, "decoding")
+            connection.sock.shutdown(socket.SHUT_RDWR)
             connection.close()
-            # However long the server takes to notice, the sequence cannot run out its 100 tokens meanwhile.
-            deadline = time.monotonic() + 30
-            while (state := health(url))["cancelled"] == 0:
-                assert time.monotonic() < deadline and pacer.calls < 100, f"never cancelled: {state}"
-                pacer.allow()
-                time.sleep(0.02)
+            # The server notices the closed connection while the engine still waits: no token is needed for it.
+            state = until(lambda state: state["disconnected"] == 1, url, "noticed")
+            assert state["steps"] == 1 and state["running"] == 1
+            pacer.allow()  # the step under way ends; the sequence leaves before the next one
+            state = until(lambda state: state["running"] == 0, url, "freed")
         finally:
             pacer.open()
-    assert state["running"] == 0 and state["cancelled"] == 1 and state["finished"] == 0
+    assert state["steps"] <= 2 and state["cancelled"] == 1 and state["finished"] == 0
+
+
+def test_sixty_four_streaming_clients_over_the_limit_get_503_and_retry_after_at_once(checkpoint, reference):
+    """max_batch 2 + max_queue 2 hold four sequences: of 64 concurrent streams, 60 are refused while the
+    engine is held in its first forward pass (so nothing waits for a slot), and the four complete."""
+    model = load_checkpoint(checkpoint)
+    gate = Gate(model, at=0)
+    requests = [(PROMPTS[i % len(PROMPTS)], 8 + i % 5) for i in range(64)]
+    with running_server(checkpoint, model=model, max_batch=2, max_queue=2) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def send(request):
+            prompt, max_tokens = request
+            try:
+                return client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                                 stream=True)
+            except openai.APIStatusError as error:
+                return error
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(64) as pool:
+                answers = list(pool.map(send, requests, timeout=60))
+            state = health(url)  # answered while the engine is held
+        finally:
+            gate.released.set()
+        refused = [answer for answer in answers if isinstance(answer, openai.APIStatusError)]
+        assert len(refused) == 60 and state["rejected"] == 60 and state["running"] + state["waiting"] <= 4
+        for error in refused:
+            assert error.status_code == 503 and error.body["code"] == "queue_full"
+            assert error.response.headers["retry-after"] == "1"
+        accepted = [(request, answer) for request, answer in zip(requests, answers)
+                    if not isinstance(answer, openai.APIStatusError)]
+        for (prompt, max_tokens), chunks in accepted:
+            assert "".join(chunk.choices[0].text for chunk in chunks) == expected_text(reference, prompt, max_tokens)
+        state = health(url)
+    assert state["finished"] == 4 and state["running"] == state["waiting"] == 0
 
 
 BAD_REQUESTS = [
@@ -558,5 +607,48 @@ def test_gptrain_serve_prints_its_url_and_stops_cleanly_on_sigterm(checkpoint, s
 def test_gptrain_serve_bad_settings_are_one_line_and_exit_2(checkpoint, capsys):
     assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "gptrain: error: max_batch must be at least 1, not 0"
+    for host in ("0.0.0.0", "192.168.1.20", "::", "example.org"):
+        assert main(["serve", "--checkpoint", str(checkpoint), "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"host {host} is not a loopback address" in err and "--api-key" in err
+        assert "--insecure-no-auth" in err
+    for host in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"):
+        ServeConfig(host=host)
+    ServeConfig(host="0.0.0.0", api_key="k")
+    ServeConfig(host="0.0.0.0", insecure_no_auth=True)
     assert main(["serve", "--checkpoint", str(checkpoint / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gptrain_serve_quantize_int8_gives_eight_concurrent_streams_what_each_gets_alone(checkpoint, reference):
+    process = subprocess.Popen([sys.executable, "-m", "gptrain", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+                                "--device", "cpu", "--quantize", "int8", "--max-batch", "8"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        assert found, line + process.stderr.read()
+        url = found.group(1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def streamed(stream) -> str:
+            return "".join(chunk.choices[0].text for chunk in stream)
+
+        def open_stream(prompt: str):
+            return client.completions.create(model="ckpt", prompt=prompt, max_tokens=48, temperature=0, stream=True)
+
+        alone = [streamed(open_stream(prompt)) for prompt in PROMPTS]
+        steps_alone = health(url)["steps"]
+        # Each stream is open (queued) before the next is asked for: eight sequences decode together.
+        streams = [open_stream(prompt) for prompt in PROMPTS]
+        with concurrent.futures.ThreadPoolExecutor(len(streams)) as pool:
+            together = list(pool.map(streamed, streams))
+        assert together == alone
+        decode_steps = 47 * len(PROMPTS)  # the prompt's pass gives each sequence its first token
+        assert steps_alone == decode_steps
+        assert health(url)["steps"] - steps_alone < decode_steps  # steps were shared
+        # The text of gptrain.quantize's model: the int8 weights, not the float ones, served.
+        assert alone == [expected_text(quantize(copy.deepcopy(reference)), prompt, 48) for prompt in PROMPTS]
+    finally:
+        process.kill()
+        process.wait()

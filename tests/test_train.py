@@ -175,5 +175,5 @@ def test_tensorboard_logger_needs_its_extra_or_writes_events(tmp_path, story_pag
 
 
 def test_unknown_logger_is_refused():
-    with pytest.raises(ValueError, match="unknown --logger wandb"):
-        TrainConfig(logger=("wandb",))
+    with pytest.raises(ValueError, match="unknown --logger neptune"):
+        TrainConfig(logger=("neptune",))

@@ -21,7 +21,6 @@ from gptrain.inference.generate import (
     stream_text,
     stream_tokens,
 )
-from gptrain.inference.quantize import quantize
 from gptrain.interop.gguf import export_gguf
 from gptrain.interop.hub import download_gpt2
 from gptrain.interop.pretrained import export_hf, inspect_loaded_model
@@ -48,6 +47,7 @@ from gptrain.model.loss import (
     calc_loss_pytorch,
     perplexity,
 )
+from gptrain.model.quantize import quantize
 from gptrain.reporting.report import write_report
 from gptrain.store.checkpoint import load_checkpoint, save_checkpoint
 from gptrain.training.book import (

@@ -26,12 +26,9 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from gptrain.core import version
 
-    try:
-        return version("gptrain")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed, version unknown)"
+    return version.package_version()
 
 
 def print_help(parser: argparse.ArgumentParser) -> int:

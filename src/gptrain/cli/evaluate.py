@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from gptrain.cli.common import add_device_flag, add_model_flags, add_precision_flag, add_text_field_flag
+from gptrain.cli.common import (
+    add_device_flag,
+    add_model_flags,
+    add_precision_flag,
+    add_quantize_flag,
+    add_text_field_flag,
+)
 from gptrain.core.errors import GptrainError
 
 
@@ -31,6 +37,7 @@ def add_parser(subparsers) -> None:
     add_device_flag(p, name_default=True)
     add_precision_flag(p, "autocast precision; auto is bf16 on CUDA and on CPUs with native bf16, else fp32, as "
                           "in train [auto]")
+    add_quantize_flag(p)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--task", default=None, metavar="TASK",
                    help="score a benchmark instead of a text: hellaswag, lambada or mc (multiple choice); --data is "
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     label, result = score_text(args.data, model=args.model, n_heads=args.n_heads, split=args.split,
                                train_ratio=args.train_ratio, text_field=args.text_field,
                                context_length=args.context_length, stride=args.stride, batch_size=args.batch_size,
-                               device=args.device, precision=args.precision)
+                               device=args.device, precision=args.precision, quantize=args.quantize)
     if args.json:
         print(json.dumps({"model": args.model, "data": label, **result.to_dict()}))
         return 0
@@ -72,7 +79,8 @@ def run_task(args: argparse.Namespace) -> int:
             raise GptrainError(f"--{flag.replace('_', '-')} is for scoring a text and does not apply to --task: "
                                "leave it out")
     result = score_task(args.task, args.data, model=args.model, n_heads=args.n_heads,
-                        limit=args.limit, batch_size=args.batch_size, device=args.device, precision=args.precision)
+                        limit=args.limit, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                        quantize=args.quantize)
     if args.json:
         print(json.dumps({"model": args.model, **result.to_dict()}))
     else:

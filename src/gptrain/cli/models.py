@@ -11,6 +11,7 @@ from gptrain.cli.common import (
     DefaultsHelpFormatter,
     add_device_flag,
     add_model_flags,
+    add_quantize_flag,
     add_sampling_flags,
 )
 from gptrain.core.errors import GptrainError
@@ -73,6 +74,7 @@ def add_compare_parser(subparsers) -> None:
     add_sampling_flags(p, max_new_tokens=30, temperature=1.0, top_k=40)
     p.add_argument("--seed", type=int, default=123, help="seed of the random model and of sampling")
     add_device_flag(p)
+    add_quantize_flag(p)
     p.set_defaults(handler=run_compare)
 
 
@@ -148,5 +150,5 @@ def run_compare(args: argparse.Namespace) -> int:
                        pretrained=None if args.baseline.lower() == "none" else args.baseline,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, device=args.device, n_heads=args.n_heads,
-                       width=shutil.get_terminal_size().columns))
+                       quantize=args.quantize, width=shutil.get_terminal_size().columns))
     return 0

@@ -79,9 +79,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--early-stop-patience", type=int, default=s,
                    help="stop when validation loss has not improved for N evaluations (best/ keeps the best)")
     p.add_argument("--log-every", type=int, default=s, help="write a train record to metrics.jsonl every N steps [1]")
-    p.add_argument("--logger", nargs="+", choices=["jsonl", "csv", "tensorboard"], default=s,
+    p.add_argument("--logger", nargs="+", choices=["jsonl", "csv", "tensorboard", "wandb", "mlflow"], default=s,
                    help="where metrics go besides metrics.jsonl, which is always written: csv (metrics.csv), "
-                        "tensorboard (needs the tensorboard extra) [jsonl]")
+                        "tensorboard, wandb, mlflow (each needs its extra) [jsonl]")
+    p.add_argument("--wandb-project", default=s, help="the wandb project [$WANDB_PROJECT, else gptrain]")
+    p.add_argument("--run-name", default=s, help="the run's name in wandb and MLflow [the run directory's name]")
+    p.add_argument("--mlflow-uri", default=s, help="the MLflow tracking URI [$MLFLOW_TRACKING_URI, else RUN/mlruns]")
     p.add_argument("--save-every", type=int, default=s, help="save a resumable checkpoint every N steps")
     p.add_argument("--keep-last", type=int, default=s, help="keep only the last K step checkpoints [all]")
     p.add_argument("--stride", type=int, default=s, help="tokens between window starts [context length]")
@@ -111,18 +114,30 @@ def add_parser(subparsers) -> None:
                         "memory, about a third more compute [off]")
     p.add_argument("--price-per-hour", type=float, default=s,
                    help="price of one device-hour: the report and the last line give the run's cost")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", nargs="?", const="latest", choices=["latest", "auto"],
                    help="continue the run in --out from its latest complete checkpoint (its settings, "
-                        "updated by the flags given)")
+                        "updated by the flags given); --resume auto does so when there is one and starts "
+                        "afresh otherwise: the command to give torchrun --max-restarts")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--dry-run", action="store_true",
+                   help="set up as training would (under torchrun: every rank, checking that all agree), print "
+                        "each rank's part of the job, and exit without training")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptrain.training.config import resolve_train_config
-    from gptrain.training.loop import train
+    from pathlib import Path
 
-    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume"}}
-    cfg = resolve_train_config(flags, config_file=args.config, resume=args.resume)
-    train(cfg, overwrite=args.overwrite, resume=args.resume)
+    from gptrain.training.checkpointing import resume_mode
+    from gptrain.training.config import TrainConfig, resolve_train_config
+    from gptrain.training.loop import print_line, train
+    from gptrain.training.run import dry_run
+
+    flags = {k: v for k, v in vars(args).items() if k not in {"config", "handler", "overwrite", "resume", "dry_run"}}
+    resume, start_over = resume_mode(args.resume, Path(flags.get("out", TrainConfig.out)))
+    cfg = resolve_train_config(flags, config_file=args.config, resume=resume)
+    if args.dry_run:
+        dry_run(cfg, echo=print_line)
+        return 0
+    train(cfg, overwrite=args.overwrite or start_over, resume=resume)
     return 0  # also after SIGTERM/SIGINT: the run saved a checkpoint to resume from

@@ -5,6 +5,7 @@ fitting HTTP status, so the official ``openai`` client raises its usual exceptio
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    insecure_no_auth: bool = False  # serve a non-loopback address without an API key, on purpose
     model_name: str = "gptrain"
     max_batch: int = 16
     max_queue: int = 64
@@ -33,12 +35,16 @@ class ServeConfig:
     max_logprobs: int = 20
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 5.0
+    template: str | None = None  # the prompt template of an instruction-tuned model; None: no chat
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise GptrainError(f"port must be in 0..65535 (0 picks a free one), not {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise GptrainError("api_key is empty: give a key, or leave it out to serve without one")
+        if self.api_key is None and not self.insecure_no_auth and not is_loopback(self.host):
+            raise GptrainError(f"host {self.host} is not a loopback address, so anyone who reaches it could use the "
+                               "server: give an API key (--api-key), or --insecure-no-auth to serve it open")
         for name in ("max_batch", "max_n", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise GptrainError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -51,17 +57,28 @@ class ServeConfig:
             raise GptrainError(f"shutdown_timeout must not be negative, not {self.shutdown_timeout}")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost`` or a loopback address, not a name to resolve)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class APIError(Exception):
     """An OpenAI error object with its HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         error = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 
 
 class StreamOptions(BaseModel):

@@ -183,6 +183,10 @@ class BatchingEngine:
         self.calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self.wakeup = threading.Condition()
         self.stopping = False
+        # Sequences submitted and not yet finished: what the queue's bound counts. A sequence being
+        # admitted is neither waiting nor running for the length of its prompt's forward pass, so
+        # counting those two lists would let more in than the bound says.
+        self.holding = 0
         self.stats = {"steps": 0, "tokens": 0, "finished": 0, "cancelled": 0}
         self.thread = threading.Thread(target=self._loop, name="gptrain-batching", daemon=True)
 
@@ -207,9 +211,10 @@ class BatchingEngine:
         with self.wakeup:
             if self.stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self.waiting) + len(sequences) > self.max_queue + self.max_batch - len(self.running):
+            if self.holding + len(sequences) > self.max_queue + self.max_batch:
                 raise QueueFull(f"the queue is full ({self.max_queue} waiting after {self.max_batch} running): "
                                 "retry later")
+            self.holding += len(sequences)
             self.waiting.extend(sequences)
             self.wakeup.notify()
 
@@ -357,6 +362,8 @@ class BatchingEngine:
 
     def _finish(self, sequence: Sequence, reason: str) -> None:
         sequence.finish_reason = reason
-        self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
+        with self.wakeup:
+            self.holding -= 1
+            self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
         sequence.on_finish(reason)
         sequence.done.set()

@@ -32,6 +32,10 @@ from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence, Toke
 from gptrain.inference.generate import sampling_probs
 from gptrain.model.gpt import unwrap_model
 
+# What a refused request's Retry-After says: a slot frees as soon as any running sequence ends,
+# which at the server's sizes is well within a second.
+RETRY_AFTER_S = 1
+
 
 def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                             count: int) -> tuple[list[int], dict[str, list[float]]]:
@@ -117,6 +121,8 @@ class CompletionService:
         self.vocab_size = self.model.cfg.vocab_size
         self.engine = BatchingEngine(self.model, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
         self.created = int(time.time())
+        # Requests refused for a full queue, and requests whose client left before they finished.
+        self.stats = {"rejected": 0, "disconnected": 0}
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -209,8 +215,9 @@ class CompletionService:
             offset += len(self.token_text(info.token))
         return entries
 
-    def start(self, request: CompletionRequest) -> Completion:
-        """Check ``request``, turn it into sequences and queue them in the engine."""
+    def start(self, request: CompletionRequest, kind: type[Completion] | None = None) -> Completion:
+        """Check ``request``, turn it into sequences and queue them in the engine (as a ``kind``, by default a
+        :class:`Completion`)."""
         self.check(request)
         prompts = self.prompts(request)
         capacity = self.cfg.max_batch + self.cfg.max_queue
@@ -218,11 +225,13 @@ class CompletionService:
         if wanted > capacity:
             raise APIError(400, f"{len(prompts)} prompts x n = {wanted} sequences, more than the server ever holds "
                                 f"({capacity}): split the request", "prompt")
-        completion = Completion(self, request, prompts)
+        completion = (kind or Completion)(self, request, prompts)
         try:
             self.engine.submit(completion.sequences)
         except QueueFull as exc:
-            raise APIError(503, str(exc), kind="server_error", code="queue_full") from None
+            self.stats["rejected"] += 1
+            raise APIError(503, str(exc), kind="server_error", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         return completion
 
     def distribution_prompt(self, request: DistributionRequest) -> tuple[int, ...]:
@@ -266,10 +275,17 @@ class Completion:
     def logprobs(self, entries: list) -> dict | None:
         return self.service.logprobs(entries) if self.request.logprobs is not None else None
 
-    def cancel_unfinished(self) -> None:
-        for sequence in self.sequences:
-            if not sequence.done.is_set():
-                self.service.engine.cancel(sequence)
+    def cancel_unfinished(self) -> bool:
+        """Cancel the sequences still running or waiting; whether there were any."""
+        unfinished = [sequence for sequence in self.sequences if not sequence.done.is_set()]
+        for sequence in unfinished:
+            self.service.engine.cancel(sequence)
+        return bool(unfinished)
+
+    def client_gone(self) -> None:
+        """The client closed its connection: its sequences leave the batch at the next step boundary."""
+        if self.cancel_unfinished():
+            self.service.stats["disconnected"] += 1
 
     async def response(self) -> dict:
         """The whole completion, once every choice has finished."""
@@ -296,9 +312,12 @@ class Completion:
                             "logprobs": self.logprobs(echo_entries + entries[sequence.choice])})
         return {**self.head, "choices": choices, "usage": self.usage()}
 
+    def stream_choice(self, choice: int, text: str, entries: list, finish_reason: str | None) -> dict:
+        """One choice's part of a streamed chunk."""
+        return {"index": choice, "text": text, "logprobs": self.logprobs(entries), "finish_reason": finish_reason}
+
     def _chunk(self, choice: int, text: str, entries: list, finish_reason: str | None = None) -> str:
-        body = {**self.head, "choices": [{"index": choice, "text": text, "logprobs": self.logprobs(entries),
-                                          "finish_reason": finish_reason}]}
+        body = {**self.head, "choices": [self.stream_choice(choice, text, entries, finish_reason)]}
         return f"data: {json.dumps(body)}\n\n"
 
     async def stream(self) -> AsyncIterator[str]:

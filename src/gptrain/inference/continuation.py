@@ -12,8 +12,8 @@ import torch
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.tokenizer import get_tokenizer, text_to_token_ids
+from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
-from gptrain.inference.quantize import quantize as quantize_model
 from gptrain.interop.sources import resolve_model
 
 
@@ -46,17 +46,18 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     """Load the model that ``model`` names (see :func:`gptrain.interop.sources.resolve_model`) and start
     continuing ``prompt``: the
     sampling settings are checked before the model is loaded, the tokens come as the result is iterated.
-    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.inference.quantize.quantize`)."""
+    ``quantize="int8"`` runs the linear layers with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     resolved = resolve_device(device)
-    loaded = resolve_model(model, device=resolved, n_heads=n_heads).model
-    if quantize is not None:
-        loaded = quantize_model(loaded, quantize)
+    loaded = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize).model
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(prompt, tokenizer).to(resolved)
     if idx.shape[1] == 0:
         raise GptrainError("the prompt is empty: give --prompt some text")
     warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
+    # The CPU layout is a copy of every weight, part of loading: made before the clock starts, as a
+    # program that generates again and again makes it once.
+    optimize_for_cpu_inference(loaded)
     generator = torch.Generator(device=resolved).manual_seed(seed)
     token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
                               top_k=top_k, top_p=top_p, generator=generator)

@@ -1,4 +1,5 @@
-"""``gptrain serve``: the OpenAI Completions API over a model, with continuous batching and a playground.
+"""``gptrain serve``: the OpenAI Completions and Chat Completions APIs over a model, with continuous
+batching and a playground.
 
 The server is a FastAPI app on uvicorn; this module holds its routes, its socket and its
 lifetime. A request's body is read and checked in :mod:`gptrain.inference.api_schema` (bad
@@ -19,6 +20,7 @@ import hmac
 import signal
 import socket
 from importlib import resources
+from typing import AsyncIterator
 
 import torch
 import uvicorn
@@ -29,7 +31,8 @@ from torch import nn
 
 from gptrain.core.errors import GptrainError
 from gptrain.inference.api_schema import APIError, CompletionRequest, DistributionRequest, ServeConfig, parse_body
-from gptrain.inference.completions import CompletionService
+from gptrain.inference.chat import ChatCompletion, ChatCompletionRequest, completion_request
+from gptrain.inference.completions import Completion, CompletionService
 
 
 def authorize(request: Request, cfg: ServeConfig) -> None:
@@ -53,6 +56,27 @@ async def read_body(request: Request, cfg: ServeConfig) -> bytes:
         if len(body) > cfg.max_body_bytes:
             raise too_large
     return bytes(body)
+
+
+async def cancel_when_client_leaves(request: Request, completion: Completion) -> None:
+    """Waits for the client to close the connection, then frees the completion's slots.
+
+    A request's body is read by then, so the next ASGI message is the disconnect. Watching for it
+    (rather than waiting for a write to fail) notices a client that left while its sequences
+    wait for a slot or for the next token.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    completion.client_gone()
+
+
+async def streamed(request: Request, completion: Completion) -> AsyncIterator[str]:
+    watcher = asyncio.create_task(cancel_when_client_leaves(request, completion))
+    try:
+        async for chunk in completion.stream():
+            yield chunk
+    finally:
+        watcher.cancel()
 
 
 def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None) -> FastAPI:
@@ -80,7 +104,7 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": cfg.model_name, "max_batch": cfg.max_batch, "max_queue": cfg.max_queue,
-                **engine.load()}
+                **engine.load(), **service.stats}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
@@ -88,7 +112,7 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
 
     def model_card() -> dict:
         return {"id": cfg.model_name, "object": "model", "created": service.created, "owned_by": "gptrain",
-                "max_model_len": service.context_length}
+                "max_model_len": service.context_length, "chat_template": cfg.template}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
@@ -103,13 +127,25 @@ def create_app(model: nn.Module, cfg: ServeConfig | None = None, tokenizer=None)
                            "model", "model_not_found")
         return model_card()
 
+    async def respond(request: Request, completion: Completion):
+        if completion.request.stream:
+            return StreamingResponse(streamed(request, completion), media_type="text/event-stream")
+        watcher = asyncio.create_task(cancel_when_client_leaves(request, completion))
+        try:
+            return await completion.response()
+        finally:
+            watcher.cancel()
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request, cfg)
-        completion = service.start(parse_body(await read_body(request, cfg), CompletionRequest))
-        if completion.request.stream:
-            return StreamingResponse(completion.stream(), media_type="text/event-stream")
-        return await completion.response()
+        return await respond(request, service.start(parse_body(await read_body(request, cfg), CompletionRequest)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request, cfg)
+        chat = parse_body(await read_body(request, cfg), ChatCompletionRequest)
+        return await respond(request, service.start(completion_request(chat, service), ChatCompletion))
 
     @functools.lru_cache(maxsize=16)
     def last_logits(prompt: tuple[int, ...]) -> torch.Tensor:

@@ -30,7 +30,9 @@ from gptrain.interop.hf_config import HF_CONFIG, HF_PICKLE, HF_SAFETENSORS, read
 from gptrain.interop.hub import gpt2_size, source_path
 from gptrain.interop.weights import HF, Weights, assign_weights, infer_config, open_weights
 from gptrain.model.config import GPTConfig, get_preset
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
+from gptrain.model.quantize import check_quantization
+from gptrain.model.quantize import quantize as quantize_model
 from gptrain.store.checkpoint import checkpoint_classifier, load_checkpoint, read_checkpoint_config, resolve_checkpoint
 from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
 
@@ -126,9 +128,12 @@ def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
 
 
 def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None,
-                  allow_classifier: bool = False) -> ModelSource:
-    """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``; a
-    classifier only with ``allow_classifier``."""
+                  quantize: str | None = None, allow_classifier: bool = False) -> ModelSource:
+    """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``; with
+    ``quantize="int8"``, with int8 weights (:func:`gptrain.model.quantize.quantize`); a classifier only
+    with ``allow_classifier``."""
+    if quantize is not None:  # before the weights are read: a device without int8 kernels costs no waiting
+        check_quantization(quantize, torch.device(device))
     located = _locate(source)
     template, classifier = None, {}
     if located.checkpoint is not None:
@@ -143,11 +148,12 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
         weights, cfg = _read(located, n_heads)
-        with torch.device("meta"):
-            model = GPTModel(cfg)
+        model = meta_model(cfg)
         assign_weights(model, weights, device)
         model.eval()
         origin = f"{source} ({located.kind.replace('-', ' ')} {located.weights_file})"
+    if quantize is not None:
+        model = quantize_model(model, quantize)
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
                        weights_file=located.weights_file, template=template,
                        labels=classifier.get("labels"), max_length=classifier.get("max_length"))
@@ -168,11 +174,11 @@ def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfi
 
 
 def load_gpt2(source: str | Path = "124M", *, device: torch.device | str = "cpu",
-              n_heads: int | None = None) -> GPTModel:
+              n_heads: int | None = None, quantize: str | None = None) -> GPTModel:
     """A ready GPTModel (eval mode) from OpenAI's GPT-2 weights or any other reference
     :func:`resolve_model` takes. The head count is not stored in weights files without a config:
     GPT-2's widths imply it, for other widths give ``n_heads``."""
-    return resolve_model(source, device=device, n_heads=n_heads).model
+    return resolve_model(source, device=device, n_heads=n_heads, quantize=quantize).model
 
 
 __all__ = ["ModelSource", "check_tokenizer", "load_gpt2", "resolve_model", "resolve_shape"]

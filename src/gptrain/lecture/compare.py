@@ -20,18 +20,21 @@ from gptrain.inference.generate import check_sampling_args, generate
 from gptrain.interop.hub import download_gpt2, gpt2_size
 from gptrain.interop.sources import load_gpt2
 from gptrain.model.gpt import GPTModel
+from gptrain.model.quantize import quantize as quantize_model
 
 
 def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
                           pretrained: str | Path | None = "124M", max_new_tokens: int = 30,
                           temperature: float = 1.0, top_k: int | None = 40, top_p: float | None = None,
                           seed: int = 123,
-                          device: torch.device | str = "cpu", n_heads: int | None = None) -> list[tuple[str, str]]:
+                          device: torch.device | str = "cpu", n_heads: int | None = None,
+                          quantize: str | None = None) -> list[tuple[str, str]]:
     """The lecture's before/after activity: ``[(label, continuation), ...]`` for a randomly
     initialised model, the trained ``checkpoint`` and the ``pretrained`` weights (each if given).
 
     All use the same prompt, seed and sampling settings. The random model has the config of
     the pretrained model (else of the checkpoint) and is initialised after ``torch.manual_seed(seed)``.
+    ``quantize="int8"`` runs all three with int8 weights (see :func:`gptrain.model.quantize.quantize`).
     """
     if checkpoint is None and pretrained is None:
         raise GptrainError("nothing to compare with: give --model, --baseline or both")
@@ -51,13 +54,16 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
     texts, reference = {}, None
     for kind in ("pretrained", "trained"):  # the pretrained model's config comes first
         if sources[kind] is not None:
-            model = load_gpt2(sources[kind], device=device, n_heads=n_heads)
+            model = load_gpt2(sources[kind], device=device, n_heads=n_heads, quantize=quantize)
             if reference is None:
                 reference = model.cfg
             texts[kind] = continuation(model)
             del model  # one model in memory at a time
     torch.manual_seed(seed)
-    rows = [("random init", continuation(GPTModel(reference)))]
+    random_model = GPTModel(reference)
+    if quantize is not None:
+        random_model = quantize_model(random_model.to(device), quantize)
+    rows = [("random init", continuation(random_model))]
     rows += [(f"{kind} {sources[kind]}", texts[kind]) for kind in ("trained", "pretrained") if kind in texts]
     return rows
 
@@ -65,7 +71,7 @@ def compare_continuations(prompt: str, *, checkpoint: str | Path | None = None,
 def side_by_side(prompt: str, *, checkpoint: str | None = None, pretrained: str | None = "124M",
                  max_new_tokens: int = 30, temperature: float = 1.0, top_k: int | None = 40,
                  top_p: float | None = None, seed: int = 123, device: str = "auto", n_heads: int | None = None,
-                 width: int = 80) -> str:
+                 quantize: str | None = None, width: int = 80) -> str:
     """``gptrain compare``'s page: the settings, then :func:`compare_continuations`' rows as a table of
     ``width`` columns. A GPT-2 size for ``pretrained`` is downloaded first unless it is cached."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
@@ -78,7 +84,7 @@ def side_by_side(prompt: str, *, checkpoint: str | None = None, pretrained: str 
                                "for a local copy)") from None
     rows = compare_continuations(prompt, checkpoint=checkpoint, pretrained=pretrained, max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                 device=resolve_device(device), n_heads=n_heads)
+                                 device=resolve_device(device), n_heads=n_heads, quantize=quantize)
     shown_top_p = "" if top_p is None else f", top-p {top_p}"
     header = (f"Prompt: {prompt!r} (seed {seed}, temperature {temperature}, top-k {top_k}{shown_top_p}, "
               f"up to {max_new_tokens} new tokens)")

@@ -1,1 +1,1 @@
-"""The GPT model itself: its shape config, GPTModel, LoRA layers, losses and counts."""
+"""The GPT model itself: its shape config, GPTModel, LoRA layers, int8 layers, losses and counts."""

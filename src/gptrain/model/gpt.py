@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gptrain.model.config import GPTConfig, as_model_config
 
@@ -271,3 +272,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+class _SkipInit(TorchFunctionMode):
+    """Makes torch.nn.init's functions return their tensor untouched. On the meta device they run
+    Python reference kernels whose first call imports torch._dynamo: 1.4 s of CPU at every start of
+    a command that loads a model, for values nobody reads."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def meta_model(cfg: GPTConfig | Mapping[str, Any] | str) -> GPTModel:
+    """A GPTModel of shape ``cfg`` on the meta device, without random init: the frame weights are loaded into."""
+    with torch.device("meta"), _SkipInit():
+        return GPTModel(cfg)

@@ -35,7 +35,7 @@ from gptrain.core.tensorfile import save_tensors
 from gptrain.data.tokenizer import TABLE_SHA256, TOKENIZER_NAME
 from gptrain.model.classifier import add_class_head
 from gptrain.model.config import GPTConfig
-from gptrain.model.gpt import GPTModel, unwrap_model
+from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
 from gptrain.store.integrity import read_verified, write_manifest
 from gptrain.store.layout import (
@@ -191,9 +191,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", wit
     config = read_checkpoint_config(path)
     cfg = GPTConfig.from_dict(config["model"])
     classifier = checkpoint_classifier(config, path)
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-        if classifier is not None:
+    model = meta_model(cfg)
+    if classifier is not None:
+        with torch.device("meta"):
             add_class_head(model, len(classifier["labels"]))
     weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, device))
     load_state_into(model, weights, path / WEIGHTS_FILE)

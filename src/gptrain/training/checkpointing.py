@@ -141,3 +141,13 @@ def resume_latest(run: Run, state: dict[str, Any]) -> tuple[int, Path, dict[str,
         truncate_metrics(run.out, step)
     run.echo(f"Resuming from {path} (step {step}, {state['tokens_seen']:,} tokens seen)")
     return step, path, changed
+
+
+def resume_mode(resume: str | None, out: Path) -> tuple[bool, bool]:
+    """(resume, start over) for ``--resume [auto]``: auto resumes when ``out`` holds a complete checkpoint
+    and otherwise starts the run again from step 0, over whatever an attempt without one left there, so
+    that the same command serves every attempt under ``torchrun --max-restarts``."""
+    if resume != "auto":
+        return resume is not None, False
+    has_checkpoint = bool(complete_checkpoints(out))
+    return has_checkpoint, not has_checkpoint

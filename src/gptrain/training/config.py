@@ -22,7 +22,7 @@ from gptrain.model.config import GPTConfig, describe_unknown, get_preset
 from gptrain.model.lora import expand_targets
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOGGERS = ("jsonl", "csv", "tensorboard")
+LOGGERS = ("jsonl", "csv", "tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw", "muon")  # see gptrain.training.optim
 SCHEDULES = ("constant", "cosine", "wsd")
 SHAPE_FLAGS = ("n_layers", "n_heads", "emb_dim", "vocab_size")  # with context_length: what gptrain train shapes
@@ -79,6 +79,11 @@ class TrainConfig:
     early_stop_patience: int | None = None
     log_every: int = 1
     logger: tuple[str, ...] = ("jsonl",)
+    # The trackers' names and place (see gptrain.reporting.trackers): None picks the library's
+    # environment variable, then "gptrain", the run directory's name and RUN/mlruns.
+    wandb_project: str | None = None
+    run_name: str | None = None
+    mlflow_uri: str | None = None
     save_every: int | None = None
     keep_last: int | None = None
     seed: int = 123

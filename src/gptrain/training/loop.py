@@ -33,7 +33,8 @@ from gptrain.model.counts import flops_per_token
 from gptrain.model.gpt import count_parameters
 from gptrain.model.lora import PEFT_DIR, export_peft_adapter, has_lora
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.reporting.report import write_report
+from gptrain.reporting.report import REPORT_FILE, write_report
+from gptrain.reporting.trackers import TrackerSettings
 from gptrain.store.checkpoint import CHECKPOINTS_DIR, prune_checkpoints
 from gptrain.training.book import plot_losses
 from gptrain.training.checkpointing import prepare_run_dir, resume_latest, save_run_checkpoint
@@ -42,11 +43,12 @@ from gptrain.training.config import RECIPE_FILE, TrainConfig, recipe_text
 from gptrain.training.optim import lr_at, set_lr
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import accumulate_without_sync, local_value
+from gptrain.training.ranks import fault_point, last_failure, restart_count
 from gptrain.training.run import Run, build_run, new_state
 from gptrain.training.run_eval import evaluate_after_step, log_evaluation
 from gptrain.training.runlock import locks_run_dir
 from gptrain.training.signals import StopOnSignal
-from gptrain.training.step import collate, epoch_order, forward_backward
+from gptrain.training.step import collate, epoch_order, forward_backward, rank_offsets
 from gptrain.training.transfer import describe_start
 
 
@@ -55,9 +57,8 @@ def step_batches(run: Run, state: dict[str, Any]):
     order = epoch_order(len(run.train_windows), run.cfg.seed, state["epoch"])
     start = state["step_in_epoch"] * run.global_batch
     global_indices = order[start:start + run.global_batch]
-    b, world = run.cfg.batch_size, run.procs.world_size
-    for micro in range(run.cfg.grad_accum):
-        offset = (micro * world + run.procs.rank) * b
+    b = run.cfg.batch_size
+    for offset in rank_offsets(run.procs.rank, run.procs.world_size, b, run.cfg.grad_accum):
         yield collate(run.train_windows, global_indices[offset:offset + b])
 
 
@@ -77,6 +78,7 @@ def train_step(run: Run, state: dict[str, Any]) -> tuple[float, float]:
         with sync:
             total += forward_backward(run.model, inputs.to(run.device), targets.to(run.device), run.autocast,
                                       1.0 / len(micro_batches), run.scaler)
+    fault_point(state["step"], run.procs.rank)
     mean_loss = mean_over_processes(total.item() / len(micro_batches), run.procs, run.device)
     if not math.isfinite(mean_loss):
         raise GptrainError(
@@ -111,18 +113,26 @@ class Outcome:
 def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) -> None:
     """The run directory made ready (or the run resumed), its config and metrics log opened."""
     main = run.procs.is_main
+    restarts = restart_count()
+    cause = last_failure(run.out) if restarts and main else None  # read before the log is cut back or cleared
     if main:
         prepare_run_dir(run.out, overwrite, resume)
+    step = 0
     if resume:
         step, path, resume_changes = resume_latest(run, state)
+    config = {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()}
     if main:
-        write_json_atomic(run.out / "config.json", {"model": run.raw_model.cfg.to_dict(), "train": run.cfg.to_dict()})
+        write_json_atomic(run.out / "config.json", config)
         write_text_atomic(run.out / RECIPE_FILE, recipe_text(run.cfg))
-    run.log = MetricsLog(run.out, run.cfg.logger, enabled=main)
+    trackers = TrackerSettings(run.cfg.wandb_project, run.cfg.run_name, run.cfg.mlflow_uri)
+    run.log = MetricsLog(run.out, run.cfg.logger, enabled=main, trackers=trackers, config=config)
     if resume:
         run.log.write("resume", step=step, checkpoint=str(path), changed=resume_changes)
         for name, (was, now) in resume_changes.items():
             run.echo(f"Changed on resume: {name} {was!r} -> {now!r}")
+    if restarts:
+        run.log.write("restart", step=step, restart=restarts, cause=cause, time=time.time())
+        run.echo(f"Restart {restarts} by torchrun, from step {step}" + (f" (after {cause})" if cause else ""))
     if run.procs.distributed:
         dist.barrier()  # the run directory exists before any process goes on
     ctx = run.raw_model.cfg.context_length
@@ -275,9 +285,17 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         with StopOnSignal() as stop:
             outcome = run_steps(run, state, stop, progress, eval_tasks, evaluates, started)
             finish_run(run, state, outcome, started)
+    except BaseException as exc:
+        if run.procs.distributed and isinstance(exc, Exception):  # the cause a restart by torchrun logs
+            cause = f"{type(exc).__name__}: {str(exc).strip()}".split(". ")[0].splitlines()[0][:300]
+            run.log.write("failed", step=state["step"], rank=run.procs.rank, cause=cause, time=time.time())
+        run.log.finish(failed=True)
+        raise
     finally:
         progress.close()
         run.log.close()
         if run.procs.distributed and dist.is_initialized():
             dist.destroy_process_group()
-    return summarise(run, state, outcome)
+    summary = summarise(run, state, outcome)
+    run.log.finish(run.out / REPORT_FILE)
+    return summary

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import AUTOCAST_DTYPES
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.store.checkpoint import OPTIMIZER_DIR, WEIGHTS_FILE, load_state_into, read_weights
 
 # FSDP, DTensor and the distributed checkpoint are imported where they are used: importing them
@@ -118,8 +118,7 @@ def gather_weights(model: GPTModel, is_main: bool) -> GPTModel | None:
         del full
     if not is_main:
         return None
-    with torch.device("meta"):
-        plain = GPTModel(model.cfg)
+    plain = meta_model(model.cfg)
     return load_state_into(plain, state, "the gathered FSDP model")
 
 

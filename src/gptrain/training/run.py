@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gptrain.core.errors import GptrainError
@@ -27,10 +29,11 @@ from gptrain.core.runtime import (
     resolve_precision,
     start_processes,
 )
+from gptrain.core.version import package_version
 from gptrain.data.corpus import TokenWindows
 from gptrain.data.tokenizer import get_tokenizer
 from gptrain.model.counts import parameter_counts
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.lora import add_lora
 from gptrain.reporting.metrics import MetricsLog
 from gptrain.store.checkpoint import load_state_into, save_checkpoint, weights_state_dict
@@ -38,8 +41,9 @@ from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import check_launch, checkpoint_activations, shard_model
+from gptrain.training.ranks import Agreement, RankRecord, node_name, ranks_agree, shared_store_warning
 from gptrain.training.resume import data_fingerprint
-from gptrain.training.step import load_windows
+from gptrain.training.step import load_windows, rank_offsets
 from gptrain.training.transfer import load_init_model
 
 
@@ -70,8 +74,7 @@ class PendingBest:
     def write(self, path: Path, train_config: dict[str, Any]) -> None:
         if self.training_state is None:
             return
-        with torch.device("meta"):
-            plain = GPTModel(self.cfg)
+        plain = meta_model(self.cfg)
         load_state_into(plain, dict(self.weights), "the best weights")
         save_checkpoint(plain, path, train_config=train_config, training_state=self.training_state)
         self.training_state = None
@@ -133,8 +136,33 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int, tokens_per_step: int) -> 
     return min(limits) if limits else DEFAULT_EPOCHS * steps_per_epoch
 
 
-def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
-    procs, device = start_processes(cfg.device)
+@dataclass
+class Setup:
+    """A rank's run before its model exists: settings resolved, data read, every rank agreeing."""
+
+    cfg: TrainConfig
+    procs: Processes
+    device: torch.device
+    init_model: GPTModel | None
+    train_windows: TokenWindows
+    val_windows: TokenWindows
+    data_sha256: str
+    steps_per_epoch: int
+    ranks: list[RankRecord]  # every rank's record, in rank order (for --dry-run)
+
+
+def rank_view(cfg: TrainConfig, procs: Processes, device: torch.device, train_windows: TokenWindows) -> str:
+    """One line: where this rank runs and which sequences of each global batch it trains on."""
+    b = cfg.batch_size
+    global_batch = b * cfg.grad_accum * procs.world_size
+    shard = ", ".join(f"{o}-{o + b - 1}" for o in rank_offsets(procs.rank, procs.world_size, b, cfg.grad_accum))
+    return (f"rank {procs.rank} of {procs.world_size}: node {node_name()}, local rank {procs.local_rank}, {device}; "
+            f"sequences {shard} of each global batch of {global_batch} ({len(train_windows):,} training windows); "
+            f"per-rank batch {b} x {cfg.grad_accum} micro-batch(es)")
+
+
+def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Callable[[str], None],
+            agreement: Agreement) -> Setup:
     if cfg.fsdp:
         check_launch(procs.world_size, device)
     prepare_device(device, sharded=cfg.fsdp)
@@ -152,9 +180,36 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         grad_accum = grad_accum_for(cfg.global_batch_tokens, cfg.batch_size, model_cfg.context_length,
                                     procs.world_size)
         cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
-    tokenizer = get_tokenizer()
     train_windows, val_windows = load_windows(cfg, model_cfg.context_length)
+    global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
+    steps_per_epoch = len(train_windows) // global_batch
+    if steps_per_epoch == 0:
+        raise GptrainError(
+            f"the training split has {len(train_windows)} window(s), fewer than one batch of {global_batch} "
+            f"(batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x {procs.world_size} process(es)): "
+            "use a smaller --batch-size or --context-length, or more text"
+        )
+    data_sha256 = data_fingerprint(train_windows.tokens, val_windows.tokens)
+    agreement.settle(cfg.to_dict(), data_sha256, rank_view(cfg, procs, device, train_windows))
+    return Setup(cfg, procs, device, init_model, train_windows, val_windows, data_sha256, steps_per_epoch, [])
 
+
+def set_up(cfg: TrainConfig, echo: Callable[[str], None]) -> Setup:
+    """Join the process group, resolve the settings and read the data; every rank checks that all the
+    others did the same before any of them goes on (:func:`ranks_agree`)."""
+    procs, device = start_processes(cfg.device)
+    if warning := shared_store_warning():
+        echo(warning)
+    with ranks_agree(procs) as agreement:
+        setup = _set_up(cfg, procs, device, echo, agreement)
+    setup.ranks = agreement.records
+    return setup
+
+
+def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
+    setup = set_up(cfg, echo)
+    cfg, procs, device, init_model = setup.cfg, setup.procs, setup.device, setup.init_model
+    model_cfg = cfg.model_config() if init_model is None else init_model.cfg
     # Seeded right before the model, as the book does: same seed, same initial weights as its GPTModel.
     torch.manual_seed(cfg.seed)
     raw_model = GPTModel(model_cfg).to(device) if init_model is None else init_model
@@ -173,19 +228,29 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-
     global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
-    steps_per_epoch = len(train_windows) // global_batch
-    if steps_per_epoch == 0:
-        raise GptrainError(
-            f"the training split has {len(train_windows)} window(s), fewer than one batch of {global_batch} "
-            f"(batch size {cfg.batch_size} x grad accum {cfg.grad_accum} x {procs.world_size} process(es)): "
-            "use a smaller --batch-size or --context-length, or more text"
-        )
-    total_steps = plan_steps(cfg, steps_per_epoch, global_batch * model_cfg.context_length)
-    return Run(cfg, procs, device, model, raw_model, optimizer, scaler, train_windows, val_windows, tokenizer,
-               Path(cfg.out), steps_per_epoch, total_steps, echo,
-               data_sha256=data_fingerprint(train_windows.tokens, val_windows.tokens))
+    total_steps = plan_steps(cfg, setup.steps_per_epoch, global_batch * model_cfg.context_length)
+    return Run(cfg, procs, device, model, raw_model, optimizer, scaler, setup.train_windows, setup.val_windows,
+               get_tokenizer(), Path(cfg.out), setup.steps_per_epoch, total_steps, echo,
+               data_sha256=setup.data_sha256)
+
+
+def dry_run(cfg: TrainConfig, echo: Callable[[str], None]) -> list[str]:
+    """Set up as ``train`` would, without the model: rank 0 prints every rank's view; returns the views."""
+    echo = echo if os.environ.get("RANK", "0") == "0" else (lambda line: None)
+    setup = set_up(cfg, echo)
+    cfg, procs = setup.cfg, setup.procs
+    nodes = len({record.node for record in setup.ranks})
+    global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
+    echo(f"Dry run: {procs.world_size} process(es) on {nodes} node(s) agree on gptrain {package_version()}, "
+         f"the settings and the data; global batch {global_batch} sequences, {setup.steps_per_epoch} steps per "
+         "epoch; nothing trained")
+    views = [record.view for record in setup.ranks]
+    for view in views:
+        echo(f"  {view}")
+    if procs.distributed:
+        dist.destroy_process_group()
+    return views
 
 
 def new_state() -> dict[str, Any]:

@@ -31,6 +31,12 @@ def epoch_order(num_windows: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_windows, generator=generator)
 
 
+def rank_offsets(rank: int, world_size: int, batch_size: int, grad_accum: int) -> list[int]:
+    """Where each of this rank's micro-batches starts in a step's global batch: the data shard of a
+    global rank, the same on one node or several."""
+    return [(micro * world_size + rank) * batch_size for micro in range(grad_accum)]
+
+
 def collate(windows: TokenWindows, indices) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [windows[int(i)] for i in indices]
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])

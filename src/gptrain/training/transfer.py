@@ -17,7 +17,7 @@ from gptrain.core.errors import GptrainError
 from gptrain.core.hashing import sha256_file
 from gptrain.interop.sources import resolve_model
 from gptrain.model.config import GPTConfig, get_preset
-from gptrain.model.gpt import GPTModel
+from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.store.checkpoint import load_state_into, weights_state_dict
 from gptrain.training.config import SHAPE_FLAGS, TrainConfig
 
@@ -66,8 +66,7 @@ def load_init_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> tup
     if run_cfg != model.cfg:
         state = weights_state_dict(model)
         state["pos_emb.weight"] = state["pos_emb.weight"][:run_cfg.context_length].clone()
-        with torch.device("meta"):
-            shorter = GPTModel(run_cfg)
+        shorter = meta_model(run_cfg)
         model = load_state_into(shorter, state, cfg.init)
     return model.train(), sha256
 

@@ -45,8 +45,9 @@ def has_int8_kernel(device_type: str, dtype: torch.dtype = torch.float32) -> boo
 
 def check_int8_device(device: torch.device, dtype: torch.dtype) -> None:
     if not has_int8_kernel(device.type, dtype):
+        fix = "run the int8 model in float32" if device.type == "cpu" else "run it on the CPU (--device cpu)"
         raise GptrainError(f"PyTorch {torch.__version__} has no int8 weight kernel ({INT8_OP}) for {dtype} on "
-                           f"{device.type}: run the int8 model in float32 on cpu (or cuda), or leave out --quantize")
+                           f"{device.type}: {fix}, or leave out --quantize")
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +119,13 @@ def _int8_linear(layer: nn.Linear, compute_dtype: torch.dtype) -> Int8Linear:
     return Int8Linear(q, scale.to(layer.weight.dtype), layer.bias, compute_dtype)
 
 
+def check_quantization(kind: str, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """That ``kind`` is a quantization gptrain has and that a ``dtype`` model on ``device`` can run it."""
+    if kind not in QUANTIZATIONS:
+        raise GptrainError(f"unknown quantization {kind!r}: choose {', '.join(QUANTIZATIONS)}")
+    check_int8_device(device, compute_dtype_for(device, dtype))
+
+
 def quantize(model: nn.Module, kind: str = "int8") -> GPTModel:
     """Turn a GPTModel's linear layers and token embedding into int8 weights, in place; returns it in eval mode.
 
@@ -125,8 +133,6 @@ def quantize(model: nn.Module, kind: str = "int8") -> GPTModel:
     and a checkpoint is saved from the float model. Its weights must be on a device with int8
     kernels (CPU, and CUDA where this PyTorch has the kernel).
     """
-    if kind not in QUANTIZATIONS:
-        raise GptrainError(f"unknown quantization {kind!r}: choose {', '.join(QUANTIZATIONS)}")
     model = unwrap_model(model)
     if not isinstance(model, GPTModel):
         raise GptrainError(f"quantize takes a GPTModel, not {type(model).__name__}")
@@ -135,8 +141,8 @@ def quantize(model: nn.Module, kind: str = "int8") -> GPTModel:
     if isinstance(model.tok_emb, Int8Embedding):
         raise GptrainError("the model is already quantized: quantize the float model once")
     embedding = model.tok_emb.weight
+    check_quantization(kind, embedding.device, embedding.dtype)
     compute_dtype = compute_dtype_for(embedding.device, embedding.dtype)
-    check_int8_device(embedding.device, compute_dtype)
     with torch.no_grad():
         tied = model.cfg.tie_embeddings and model.out_head.weight is embedding
         # A tied head holds the embedding's rows plus pad_vocab's zero rows, if any: quantize those
