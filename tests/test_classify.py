@@ -12,7 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gptrain import GPTModel, calc_loss_batch_classifier, count_parameters, resolve_model, save_checkpoint
+from gptrain import (
+    GPTModel,
+    calc_loss_batch_classifier,
+    count_parameters,
+    resolve_model,
+    save_checkpoint,
+)
 from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.model.classifier import add_class_head, freeze_for_classification
