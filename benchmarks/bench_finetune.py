@@ -11,6 +11,10 @@ process, both timed around the whole call. The loss check: with ``--no-mask-prom
 model and collate for the same records.
 
     python benchmarks/bench_finetune.py instruct [--preset 124M] [--records 200] [--batch-size 8]
+
+classify (chapter 6): see bench_finetune_classify.py.
+
+    python benchmarks/bench_finetune.py classify [--preset 124M] [--train-texts 1045] [--epochs 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_finetune_classify import add_classify_command  # noqa: E402
 from common import book_model_from, find_verdict, machine_description  # noqa: E402
 
 
@@ -135,6 +140,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="the book's 8")
     p.add_argument("--precision", default=None, help="gptrain's --precision for the timed epoch [auto]")
     p.set_defaults(run=instruct)
+    add_classify_command(commands)
     args = parser.parse_args()
     args.run(args)
 

@@ -7,12 +7,26 @@ import os
 import sys
 from typing import Sequence
 
-from gptrain.cli import chat, estimate, evaluate, finetune, generate, lab, models, prepare, report, serve, tokenizer, train
+from gptrain.cli import (
+    chat,
+    classify,
+    estimate,
+    evaluate,
+    finetune,
+    generate,
+    lab,
+    models,
+    prepare,
+    report,
+    serve,
+    tokenizer,
+    train,
+)
 from gptrain.cli.common import Parser, package_version
 from gptrain.core.errors import GptrainError
 
 # In the order `gptrain --help` lists them; models adds download-gpt2, export, info and compare.
-COMMANDS = (prepare, train, finetune, generate, chat, models, evaluate, report, lab, serve, estimate, tokenizer)
+COMMANDS = (prepare, train, finetune, classify, generate, chat, models, evaluate, report, lab, serve, estimate, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``gptrain finetune``: stage two, a pretrained model taught to follow instructions (``instruct``).
+"""``gptrain finetune``: stage two, a pretrained model taught to follow instructions (``instruct``) or
+turned into a classifier (``classify``).
 
 An instruction run is a ``gptrain train`` run from ``--model``'s weights on instruction records: the
 same loop, flags, checkpoints, resume and report, with a ``[finetune]`` section in its train.toml.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from gptrain.cli.common import SOURCE_HELP, DefaultsHelpFormatter, Parser, print_help
+from gptrain.cli.classify import add_classify_finetune_parser
+from gptrain.cli.common import SOURCE_HELP, Parser, add_command, print_help
 from gptrain.cli.train import RUN_OPTIONS, add_session_flags, add_step_flags, start_training
 from gptrain.core.errors import GptrainError
 
@@ -19,23 +21,24 @@ FINETUNE_FLAGS = ("template", "mask_prompt", "batching", "overlong", "val_data",
 
 
 def add_parser(subparsers) -> None:
-    group = subparsers.add_parser("finetune", help="fine-tune a pretrained model: instruct",
-                                  description="Stage two: teach a pretrained model to follow instructions.")
+    group = add_command(subparsers, "finetune", help="fine-tune a pretrained model: instruct, classify",
+                        description="Stage two: teach a pretrained model to follow instructions (instruct, the "
+                                    "book's chapter 7) or to classify texts (classify, chapter 6).")
     commands = group.add_subparsers(title="finetune commands", metavar="COMMAND", parser_class=Parser)
     add_instruct_parser(commands)
+    add_classify_finetune_parser(commands)
     group.set_defaults(handler=lambda args: print_help(group))
 
 
 def add_instruct_parser(commands) -> None:
-    p = commands.add_parser(
-        "instruct", help="instruction fine-tuning on instruction/input/output or chat messages records",
+    p = add_command(
+        commands, "instruct", help="instruction fine-tuning on instruction/input/output or chat messages records",
         description="Fine-tune --model on instruction records: the book's JSON list of {instruction, input, "
                     "output}, JSON Lines of the same, or {messages: [{role, content}, ...]} conversations. Each "
                     "record is rendered with a prompt template (saved in every checkpoint, so generate, eval and "
                     "serve format prompts the same way) and the loss is taken on the replies. The records are "
                     "split 85/5/10 into train, val and test (RUN/test.jsonl) with --seed, as the book does. Every "
                     "flag of gptrain train that is not about text windows applies.",
-        formatter_class=DefaultsHelpFormatter,
     )
     s = argparse.SUPPRESS
     p.add_argument("--config", help="TOML or JSON file of settings, such as a run's train.toml; flags override it")

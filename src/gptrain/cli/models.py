@@ -132,8 +132,11 @@ def run_info(args: argparse.Namespace) -> int:
     source = args.model or args.path
     if args.verify:
         return run_verify(source)
-    resolved = resolve_model(source, n_heads=args.n_heads)
+    resolved = resolve_model(source, n_heads=args.n_heads, allow_classifier=True)
     print(f"Source: {resolved.origin}")
+    if resolved.labels is not None:
+        print(f"Classifier of {len(resolved.labels)} labels: {', '.join(resolved.labels)} (texts padded to "
+              f"{resolved.max_length} tokens)")
     inspect_loaded_model(resolved.model)
     return 0
 

@@ -40,7 +40,13 @@ from gptrain.model.config import GPTConfig, get_preset
 from gptrain.model.gpt import GPTModel, meta_model
 from gptrain.model.quantize import check_quantization
 from gptrain.model.quantize import quantize as quantize_model
-from gptrain.store.checkpoint import checkpoint_tokenizer, load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from gptrain.store.checkpoint import (
+    checkpoint_classifier,
+    checkpoint_tokenizer,
+    load_checkpoint,
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
 from gptrain.store.layout import WEIGHTS_FILE, checkpoint_at
 
 # The kinds of reference, as ModelSource.kind names them.
@@ -58,6 +64,8 @@ class ModelSource:
     weights_file: Path  # the file the weights were read from (its sha256 identifies them)
     tokenizer: Tokenizer  # what the model reads and writes text with (name, sha256, encode, decode ...)
     template: str | None = None  # the prompt template of an instruction-tuned checkpoint
+    labels: list[str] | None = None  # a classifier's classes, in the order of its head's outputs
+    max_length: int | None = None  # the length a classifier's inputs are cut and padded to
 
 
 @dataclass(frozen=True)
@@ -154,16 +162,22 @@ def _read(located: _Located, n_heads: int | None) -> tuple[Weights, GPTConfig]:
 
 
 def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_heads: int | None = None,
-                  quantize: str | None = None) -> ModelSource:
+                  quantize: str | None = None, allow_classifier: bool = False) -> ModelSource:
     """Load the model ``source`` names (see the module's docstring), in eval mode on ``device``; with
-    ``quantize="int8"``, with int8 weights (:func:`gptrain.model.quantize.quantize`)."""
+    ``quantize="int8"``, with int8 weights (:func:`gptrain.model.quantize.quantize`); a classifier only
+    with ``allow_classifier``."""
     if quantize is not None:  # before the weights are read: a device without int8 kernels costs no waiting
         check_quantization(quantize, torch.device(device))
     located = _locate(source)
     tokenizer = _tokenizer(located)
-    template = None
+    template, classifier = None, {}
     if located.checkpoint is not None:
-        template = read_checkpoint_config(located.checkpoint).get("template")
+        config = read_checkpoint_config(located.checkpoint)
+        template = config.get("template")
+        classifier = checkpoint_classifier(config, located.checkpoint) or {}
+        if classifier and not allow_classifier:
+            raise GptrainError(f"{source} is a classifier (labels {', '.join(classifier['labels'])}), not a language "
+                               "model: use it with gptrain classify, or give a language model here")
         model = load_checkpoint(located.checkpoint, device=device)
         origin = f"{source} (gptrain checkpoint {located.checkpoint})"
     else:
@@ -179,7 +193,8 @@ def resolve_model(source: str | Path, *, device: torch.device | str = "cpu", n_h
     if quantize is not None:
         model = quantize_model(model, quantize)
     return ModelSource(model=model, config=model.cfg, kind=located.kind, origin=origin,
-                       weights_file=located.weights_file, tokenizer=tokenizer, template=template)
+                       weights_file=located.weights_file, tokenizer=tokenizer, template=template,
+                       labels=classifier.get("labels"), max_length=classifier.get("max_length"))
 
 
 def resolve_shape(source: str | Path, *, n_heads: int | None = None) -> GPTConfig:

@@ -62,3 +62,47 @@ def calc_loss_pytorch(input_batch: torch.Tensor, target_batch: torch.Tensor, mod
 def perplexity(loss: float | torch.Tensor) -> float:
     """exp(cross-entropy): the effective number of tokens the model hesitates between."""
     return math.exp(float(loss))
+
+
+# --- Chapter 6: one class label per row, scored on the last position's logits ---
+
+def calc_loss_batch_classifier(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
+                               device: torch.device | str) -> torch.Tensor:
+    """The book's chapter 6 ``calc_loss_batch``: cross-entropy of the last token's logits against each
+    row's class."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)[:, -1, :]
+    return F.cross_entropy(logits, target_batch)
+
+
+def calc_loss_loader_classifier(data_loader, model: nn.Module, device: torch.device | str,
+                                num_batches: int | None = None) -> float:
+    """The book's chapter 6 ``calc_loss_loader``: the mean batch loss over the first ``num_batches``
+    batches (all by default); NaN for an empty loader, as the book returns."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total_loss += calc_loss_batch_classifier(input_batch, target_batch, model, device).item()
+    return total_loss / num_batches
+
+
+def calc_accuracy_loader(data_loader, model: nn.Module, device: torch.device | str,
+                         num_batches: int | None = None) -> float:
+    """The share of rows whose last-token argmax is their class, over the first ``num_batches``
+    batches (all by default), in eval mode."""
+    model.eval()
+    correct, seen = 0, 0
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+        with torch.no_grad():
+            predicted = torch.argmax(model(input_batch)[:, -1, :], dim=-1)
+        seen += predicted.shape[0]
+        correct += (predicted == target_batch).sum().item()
+    return correct / seen

@@ -23,7 +23,7 @@ from gptrain.core.files import write_text_atomic
 from gptrain.core.formatting import duration
 from gptrain.core.oserrors import reason_and_fix
 from gptrain.reporting.figures import figures
-from gptrain.reporting.runs import RunLog, read_run, summarize
+from gptrain.reporting.runs import RunLog, finite_number, read_run, summarize
 
 REPORT_FILE = "report.html"
 
@@ -209,7 +209,7 @@ best model is the one with the lowest validation loss (the star), saved in best/
 {_img(images, "tokens_per_s", "tokens per second")}
 {_img(images, "grad_norm", "gradient norm")}
 </div>
-{_tasks_section(images)}<h2>Samples</h2>
+{_tasks_section(images)}{_classification_section(runs)}<h2>Samples</h2>
 {_samples(runs)}
 <h2>Config</h2>
 {_config(runs)}
@@ -225,6 +225,26 @@ def _tasks_section(images: dict[str, str]) -> str:
             + _img(images, "task_acc", "benchmark accuracy against tokens seen")
             + (_img(images, "task_perplexity", "benchmark perplexity against tokens seen")
                if "task_perplexity" in images else "") + "</div>\n")
+
+
+def _classification_section(runs: list[RunLog]) -> str:
+    """A classifier's accuracy on each split and its confusion tables (gptrain finetune classify)."""
+    parts = []
+    for run in runs:
+        for record in run.classification:
+            labels, matrix = record.get("labels") or [], record.get("confusion") or []
+            head = "".join(f"<th>{html.escape(str(label))}</th>" for label in labels)
+            rows = "".join(f"<tr><th>{html.escape(str(label))}</th>"
+                           + "".join(f'<td class="num">{_fmt(count)}</td>' for count in row) + "</tr>"
+                           for label, row in zip(labels, matrix))
+            who = "" if len(runs) == 1 else f"{run.name}, "
+            parts.append(f"<h3>{html.escape(who + str(record.get('split')))}: accuracy "
+                         f"{_percent(finite_number(record.get('accuracy')))} of {_fmt(record.get('examples'))} texts</h3>"
+                         f"<table><tr><th>true \\ predicted</th>{head}</tr>{rows}</table>")
+    if not parts:
+        return ""
+    return ('<h2>Classification</h2>\n<p class="muted">Confusion tables: a row per true label, a column per '
+            'predicted label.</p>\n' + "".join(parts) + "\n")
 
 
 def _unique_names(runs: list[RunLog]) -> None:

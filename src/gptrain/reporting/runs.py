@@ -34,6 +34,7 @@ class RunLog:
     samples: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[dict[str, Any]] = field(default_factory=list)  # benchmark scores (gptrain.evaluation.tasks)
     plans: list[dict[str, Any]] = field(default_factory=list)  # what each start or resume set out to do
+    classification: list[dict[str, Any]] = field(default_factory=list)  # a classifier's accuracy per split
     notes: list[dict[str, Any]] = field(default_factory=list)  # every other kind of record, in order
 
 
@@ -59,7 +60,8 @@ def read_run(path: str | Path) -> RunLog:
     except (OSError, ValueError) as exc:
         run.notes.append({"event": "report", "text": f"config.json cannot be read: {exc}"})
     lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
-    by_kind = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans, "task": run.tasks}
+    by_kind = {"train": run.train, "eval": run.evals, "sample": run.samples, "plan": run.plans, "task": run.tasks,
+               "classification": run.classification}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -1,7 +1,9 @@
 """Checkpoints: a directory that rebuilds its model with no other input.
 
     model.safetensors    the unwrapped model's weights (a tied output head is stored once)
-    config.json          the model config, the run's settings, the tokenizer, step and tokens seen
+    config.json          the model config, the run's settings, the tokenizer, step and tokens seen;
+                         a classifier's class labels (in the order of its head's outputs) and the
+                         length its inputs are padded to
     tokenizer.json       a trained tokenizer (gptrain tokenizer train) the model reads text with; GPT-2's
                          ships with gptrain and is only named in config.json
     training_state.pt    optional: optimizer and everything else needed to resume training
@@ -42,6 +44,7 @@ from gptrain.data.trained_tokenizer import (
     tokenizer_from_bytes,
     tokenizer_identity,
 )
+from gptrain.model.classifier import add_class_head
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
@@ -71,7 +74,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
                     train_config: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, optimizer_dir: Path | None = None,
                     template: str | None = None, tokenizer: Tokenizer | None = None,
-                    weights_from: Path | None = None) -> Path:
+                    weights_from: Path | None = None, classifier: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (and the optimizer and training state, if given) as a checkpoint directory.
 
     ``optimizer_dir``, a folder of sharded optimizer states, is moved in as ``optimizer/``; ``template``,
@@ -80,6 +83,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
     is recorded, and a trained one saved as ``tokenizer.json``.
     ``weights_from``, a checkpoint known to hold ``model``'s weights, lends its weights file (a hard
     link where the file system allows), so the same bytes are neither written nor hashed again.
+    ``classifier``, a classifier's ``{"labels": [...], "max_length": N}`` (its classes in the order of its
+    head's outputs and the length its inputs are padded to), so that it is rebuilt with that head and fed
+    as it was trained.
     """
     path = Path(path)
     model = unwrap_model(model)
@@ -107,6 +113,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             }
             if template is not None:
                 config["template"] = template
+            if classifier is not None:
+                config["classifier"] = classifier
             write_json_atomic(tmp / CONFIG_FILE, config)
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
@@ -182,6 +190,16 @@ def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
         raise GptrainError(f"{file} is not the tokenizer {path} was trained with ({describe_tokenizer(recorded)}): "
                            "restore that tokenizer's file")
     return tokenizer
+def checkpoint_classifier(config: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """A classifier checkpoint's ``{"labels": [...], "max_length": N}``, or None for a language model."""
+    if "classifier" not in config:
+        return None
+    classifier = config["classifier"] if isinstance(config["classifier"], dict) else {}
+    labels, length = classifier.get("labels"), classifier.get("max_length")
+    if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels)
+            or not isinstance(length, int) or length < 1):
+        raise GptrainError(f"{path}: its config.json describes no valid classifier: use another checkpoint")
+    return classifier
 
 
 def read_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -225,7 +243,11 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu", wit
     path = resolve_checkpoint(path)
     config = read_checkpoint_config(path)
     cfg = GPTConfig.from_dict(config["model"])
+    classifier = checkpoint_classifier(config, path)
     model = meta_model(cfg)
+    if classifier is not None:
+        with torch.device("meta"):
+            add_class_head(model, len(classifier["labels"]))
     weights = read_verified(path, WEIGHTS_FILE, lambda: read_weights(path / WEIGHTS_FILE, device))
     load_state_into(model, weights, path / WEIGHTS_FILE)
     model.eval()

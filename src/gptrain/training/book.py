@@ -1,4 +1,4 @@
-"""The lecture's training loop and helpers, as the book prints them (chapter 5)."""
+"""The lecture's training loops and helpers, as the book prints them (chapters 5 and 6)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from torch import nn
 
 from gptrain.core.files import atomic_path
 from gptrain.inference.generate import generate_and_print_sample
-from gptrain.model.loss import calc_loss_batch, calc_loss_loader
+from gptrain.model.loss import (
+    calc_accuracy_loader,
+    calc_loss_batch,
+    calc_loss_batch_classifier,
+    calc_loss_loader,
+    calc_loss_loader_classifier,
+)
 
 
 def evaluate_model(model: nn.Module, train_loader, val_loader, device, eval_iter: int) -> tuple[float, float]:
@@ -96,3 +102,48 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     return path
 
 
+
+
+# --- Chapter 6: fine-tuning for classification ---
+
+def evaluate_model_classifier(model: nn.Module, train_loader, val_loader, device, eval_iter: int) -> tuple[float, float]:
+    """The book's chapter 6 ``evaluate_model``: the classification loss of the first ``eval_iter`` batches."""
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader_classifier(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader_classifier(val_loader, model, device, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def train_classifier_simple(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer, device,
+                            num_epochs: int, eval_freq: int, eval_iter: int):
+    """The book's chapter 6 loop; returns ``(train_losses, val_losses, train_accs, val_accs, examples_seen)``.
+
+    As chapter 5's loop, but on the last token's class logits; it counts examples rather than tokens and
+    prints the train and validation accuracy of ``eval_iter`` batches after each epoch.
+    """
+    train_losses, val_losses, train_accs, val_accs = [], [], [], []
+    examples_seen, global_step = 0, -1
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch_classifier(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            examples_seen += input_batch.shape[0]
+            global_step += 1
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model_classifier(model, train_loader, val_loader, device, eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                print(f"Ep {epoch + 1} (Step {global_step:06d}): "
+                      f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+        train_accuracy = calc_accuracy_loader(train_loader, model, device, num_batches=eval_iter)
+        val_accuracy = calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter)
+        print(f"Training accuracy: {train_accuracy * 100:.2f}% | ", end="")
+        print(f"Validation accuracy: {val_accuracy * 100:.2f}%")
+        train_accs.append(train_accuracy)
+        val_accs.append(val_accuracy)
+    return train_losses, val_losses, train_accs, val_accs, examples_seen
