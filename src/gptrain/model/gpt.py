@@ -217,7 +217,7 @@ def count_parameters(model: nn.Module, include_out_head: bool = True) -> int:
     model = unwrap_model(model)
     total = sum(p.numel() for p in model.parameters())
     if not include_out_head and not model.cfg.tie_embeddings:
-        total -= sum(p.numel() for p in model.out_head.parameters()) - padding  # a classifier's head has a bias
+        total -= sum(p.numel() for p in model.out_head.parameters())  # a classifier's head has a bias too
     return total
 
 
