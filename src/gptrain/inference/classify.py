@@ -11,7 +11,7 @@ from torch import nn
 from gptrain.core.errors import GptrainError
 from gptrain.core.runtime import resolve_device
 from gptrain.data.labeled import pad_encoded
-from gptrain.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from gptrain.data.tokenizer import END_OF_TEXT_ID
 from gptrain.interop.sources import ModelSource, resolve_model
 from gptrain.model.classifier import class_logits, is_classifier
 
@@ -54,9 +54,9 @@ class Classifier:
         return self.source.labels
 
     def encode(self, texts: list[str]) -> torch.Tensor:
-        tokenizer = get_tokenizer()
+        tokenizer = self.source.tokenizer
         encoded = [tokenizer.encode(text, allowed_special="all") for text in texts]
-        return torch.tensor(pad_encoded(encoded, self.source.max_length), dtype=torch.long)
+        return torch.tensor(pad_encoded(encoded, self.source.max_length, tokenizer.eot_token), dtype=torch.long)
 
     def probabilities(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         return class_probabilities(self.source.model, self.encode(texts), batch_size)

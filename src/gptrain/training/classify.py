@@ -35,7 +35,6 @@ from gptrain.data.labeled import (
     read_labeled,
     split_labeled,
 )
-from gptrain.data.tokenizer import get_tokenizer
 from gptrain.interop.sources import resolve_model
 from gptrain.model.classifier import (
     add_class_head,
@@ -229,10 +228,10 @@ def finetune_classifier(cfg: ClassifyConfig, echo: Callable[[str], None] = print
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model, source = build_classifier(cfg, len(splits.classes), device)
-    tokenizer = get_tokenizer()
+    tokenizer = source.tokenizer
     longest = max(len(tokenizer.encode(text, allowed_special="all")) for text in splits.train.texts)
     max_length = min(cfg.max_length or longest, model.cfg.context_length)
-    encoded = {name: encode_labeled(data, tokenizer, splits.classes, max_length)
+    encoded = {name: encode_labeled(data, tokenizer, splits.classes, max_length, tokenizer.eot_token)
                for name, data in zip(SPLITS, (splits.train, splits.validation, splits.test)) if data is not None}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +247,7 @@ def finetune_classifier(cfg: ClassifyConfig, echo: Callable[[str], None] = print
                             splits.classes, device, precision, log, echo)
     finally:
         log.close()
-    save_checkpoint(model, out / FINAL_DIR, train_config=dataclasses.asdict(cfg),
+    save_checkpoint(model, out / FINAL_DIR, train_config=dataclasses.asdict(cfg), tokenizer=tokenizer,
                     classifier={"labels": splits.classes, "max_length": max_length})
     echo(f"Saved the classifier to {out / FINAL_DIR}")
     return out
