@@ -133,7 +133,7 @@ def test_estimate_takes_the_run_recipe_and_any_model_reference(three_forms, caps
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "tiny", "--n-heads", "3"], "--emb-dim 64 is not divisible by --n-heads 3"),
     (["--emb-dim", "0"], "--emb-dim must be a positive integer, not 0"),
-    (["--vocab-size", "100"], "--vocab-size 100 is smaller than the GPT-2 tokenizer's 50,257 tokens"),
+    (["--vocab-size", "100"], "--vocab-size 100 is smaller than the 50,257 tokens of the tokenizer gpt2"),
     (["--init", "EMPTY"], "holds no weights"),
     (["--init", "RUN", "--n-layers", "3"], "--n-layers 3 disagrees with --init"),
 ])
