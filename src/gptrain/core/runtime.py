@@ -117,11 +117,8 @@ def retain_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    # One arena: a buffer freed by one thread and asked for again by another comes from the same kept
-    # heap, so what is kept is one step's worth whichever threads ran, not one per arena.
-    return (bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
-            and bool(mallopt(m_arena_max, 1)))
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
 
 
 @dataclass(frozen=True)
