@@ -4,8 +4,6 @@ loss gptrain's loop takes, a tiny model taught eight answers end to end, the jud
 import io
 import json
 import socket
-import threading
-import time
 from contextlib import contextmanager
 
 import openai
@@ -16,6 +14,7 @@ from conftest import INSTRUCTIONS
 from fastapi import FastAPI, Request
 from llms_from_scratch import ch05, ch07
 from test_serve import running_server
+from uvicorn_thread import serving
 
 import gptrain
 from gptrain import GPTConfig, GPTModel, load_checkpoint, save_checkpoint
@@ -137,17 +136,8 @@ def judge_server(replies):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the judge did not start"
-        time.sleep(0.01)
-    try:
+    with serving(server, sock, "the judge"):
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", prompts
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_judge_endpoint_scores_the_answers_with_the_books_prompt(instruct_run, capsys):

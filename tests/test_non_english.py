@@ -5,8 +5,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from gptrain.interop.pretrained import export_hf
 from gptrain.interop.sources import resolve_model
 from gptrain.store.checkpoint import read_checkpoint_config
 from gptrain.store.integrity import verify_checkpoint
+from uvicorn_thread import serving
 
 GENESIS = TEST_DATA / "genesis-rv1909.es.txt"
 HELD_OUT_FROM = "Génesis 46\n"  # the last five chapters: seen by neither the tokenizer nor the model
@@ -119,21 +118,12 @@ def test_serve_completes_in_the_models_tokenizer(spanish):
     work, tokenizer = spanish
     source = resolve_model(work / "run")
     server, sock = make_server(source.model, ServeConfig(port=0, model_name="es"), source.tokenizer)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
+    with serving(server, sock):
         body = json.dumps({"model": "es", "prompt": "Y dijo Dios", "max_tokens": 8, "temperature": 0}).encode()
         request = urllib.request.Request(url_of(sock) + "/v1/completions", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     prompt = tokenizer.encode_ordinary("Y dijo Dios")
     ids = generate(source.model, torch.tensor([prompt]), 8, source.config.context_length, eos_id=tokenizer.eot_token)
     assert answer["choices"][0]["text"] == tokenizer.decode(ids[0, len(prompt):].tolist())

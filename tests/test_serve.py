@@ -26,6 +26,7 @@ from gptrain.cli import main
 from gptrain.inference.batching import BatchingEngine, QueueFull, Sequence
 from gptrain.inference.generate import generate
 from gptrain.inference.serve import ServeConfig, make_server, url_of
+from uvicorn_thread import serving
 
 CONTEXT = 128
 PROMPTS = ["Every effort moves you", "I had always thought Jack Gisburn", "Hello", "The sketch of the donkey",
@@ -49,18 +50,8 @@ def reference(checkpoint):
 def running_server(checkpoint, model=None, **settings):
     cfg = ServeConfig(port=0, model_name="tiny", **settings)
     server, sock = make_server(model or load_checkpoint(checkpoint), cfg)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
+    with serving(server, sock):
         yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture(scope="module")
