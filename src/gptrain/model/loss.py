@@ -19,6 +19,16 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
     return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
+def mean_batch_loss(data_loader, num_batches: int, batch_loss) -> float:
+    """The mean of ``batch_loss(inputs, targets)`` over the loader's first ``num_batches`` batches."""
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total_loss += batch_loss(input_batch, target_batch).item()
+    return total_loss / num_batches
+
+
 def calc_loss_loader(data_loader, model: nn.Module, device: torch.device | str,
                      num_batches: int | None = None) -> float:
     """Average of the per-batch losses over the first ``num_batches`` batches (all by default)."""
@@ -30,12 +40,7 @@ def calc_loss_loader(data_loader, model: nn.Module, device: torch.device | str,
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     if num_batches < 1:
         raise GptrainError(f"num_batches must be at least 1, not {num_batches}")
-    total_loss = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i >= num_batches:
-            break
-        total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
-    return total_loss / num_batches
+    return mean_batch_loss(data_loader, num_batches, lambda x, y: calc_loss_batch(x, y, model, device))
 
 
 def calc_loss_manual(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
@@ -82,12 +87,8 @@ def calc_loss_loader_classifier(data_loader, model: nn.Module, device: torch.dev
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    total_loss = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i >= num_batches:
-            break
-        total_loss += calc_loss_batch_classifier(input_batch, target_batch, model, device).item()
-    return total_loss / num_batches
+    return mean_batch_loss(data_loader, num_batches,
+                           lambda x, y: calc_loss_batch_classifier(x, y, model, device))
 
 
 def calc_accuracy_loader(data_loader, model: nn.Module, device: torch.device | str,

@@ -20,10 +20,14 @@ from gptrain.model.loss import (
 
 def evaluate_model(model: nn.Module, train_loader, val_loader, device, eval_iter: int) -> tuple[float, float]:
     """Mean loss over the first ``eval_iter`` batches of each loader, in eval mode, without gradients."""
+    return _evaluate(calc_loss_loader, model, train_loader, val_loader, device, eval_iter)
+
+
+def _evaluate(loss_loader, model: nn.Module, train_loader, val_loader, device, eval_iter: int) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = loss_loader(val_loader, model, device, num_batches=eval_iter)
     model.train()
     return train_loss, val_loss
 
@@ -108,12 +112,7 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
 
 def evaluate_model_classifier(model: nn.Module, train_loader, val_loader, device, eval_iter: int) -> tuple[float, float]:
     """The book's chapter 6 ``evaluate_model``: the classification loss of the first ``eval_iter`` batches."""
-    model.eval()
-    with torch.no_grad():
-        train_loss = calc_loss_loader_classifier(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader_classifier(val_loader, model, device, num_batches=eval_iter)
-    model.train()
-    return train_loss, val_loss
+    return _evaluate(calc_loss_loader_classifier, model, train_loader, val_loader, device, eval_iter)
 
 
 def train_classifier_simple(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer, device,
