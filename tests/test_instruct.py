@@ -165,6 +165,8 @@ def test_bad_instruction_data_is_one_line_and_writes_nothing(tmp_path, capsys, c
     data.write_text(content)
     save_checkpoint(GPTModel(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)),
                     tmp_path / "base")
+    # Weights that cannot load: the data's error, not the model's, shows the data is checked before the load.
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"not weights")
     code = main(["finetune", "instruct", "--model", str(tmp_path / "base"), "--data", str(data), "--out",
                  str(tmp_path / "run"), "--device", "cpu"])
     err = capsys.readouterr().err

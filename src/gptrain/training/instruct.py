@@ -19,9 +19,18 @@ from gptrain.training.config import TrainConfig
 TEST_RECORDS_FILE = "test.jsonl"  # in an instruction run's directory: its held-out records
 
 
-def load_instructions(cfg: TrainConfig, context_length: int, tokenizer, echo: Callable[[str], None]
-                      ) -> tuple[TrainConfig, InstructionExamples, InstructionExamples, list[Any]]:
-    """(cfg with its template resolved, train examples, val examples, the held-out test records)."""
+@dataclasses.dataclass
+class InstructionRecords:
+    """An instruction run's records, read, checked and split: everything that needs no model."""
+
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+
+
+def read_instructions(cfg: TrainConfig) -> tuple[TrainConfig, InstructionRecords]:
+    """(cfg with its template resolved, its records split); a run reads them before it loads its model,
+    so a bad --data costs no model load."""
     ft = cfg.finetune
     records = read_instruction_file(cfg.data)
     template = ft.template or default_template(records)
@@ -32,11 +41,20 @@ def load_instructions(cfg: TrainConfig, context_length: int, tokenizer, echo: Ca
         val = read_instruction_file(ft.val_data)
         check_records(val, template, ft.val_data)
         train, _, test = split_records(records, cfg.seed, 0.0, ft.test_ratio)
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, template=template))
+    return cfg, InstructionRecords(train, val, test)
+
+
+def load_instructions(cfg: TrainConfig, records: InstructionRecords, context_length: int, tokenizer,
+                      echo: Callable[[str], None]) -> tuple[InstructionExamples, InstructionExamples]:
+    """The train and val examples of ``records`` (from :func:`read_instructions`) in the model's tokens."""
+    ft = cfg.finetune
     made = {}
-    for name, part, where in (("train", train, cfg.data), ("val", val, ft.val_data or cfg.data)):
-        made[name] = InstructionExamples(part, tokenizer, template, context_length, mask_prompt=ft.mask_prompt,
+    for name, part, where in (("train", records.train, cfg.data), ("val", records.val, ft.val_data or cfg.data)):
+        made[name] = InstructionExamples(part, tokenizer, ft.template, context_length, mask_prompt=ft.mask_prompt,
                                          overlong=ft.overlong, where=f"{where} ({name} records)")
-    echo(f"Instruction data: {len(train)} train, {len(val)} val, {len(test)} test record(s); template {template}, "
+    echo(f"Instruction data: {len(records.train)} train, {len(records.val)} val, {len(records.test)} test "
+         f"record(s); template {ft.template}, "
          f"{'loss on the replies only' if ft.mask_prompt else 'loss on every token (--no-mask-prompt)'}, "
          f"{ft.batching} batches")
     for name, examples in made.items():
@@ -44,8 +62,7 @@ def load_instructions(cfg: TrainConfig, context_length: int, tokenizer, echo: Ca
             kept = examples.overlong_count - examples.dropped
             echo(f"{examples.overlong_count} {name} record(s) are longer than the context of {context_length} "
                  f"tokens: {kept} truncated, {examples.dropped} dropped (--overlong {ft.overlong})")
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, template=template))
-    return cfg, made["train"], made["val"], test
+    return made["train"], made["val"]
 
 
-__all__ = ["TEST_RECORDS_FILE", "load_instructions"]
+__all__ = ["TEST_RECORDS_FILE", "InstructionRecords", "load_instructions", "read_instructions"]

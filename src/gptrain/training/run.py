@@ -47,7 +47,7 @@ from gptrain.store.checkpoint import (
 )
 from gptrain.training.clock import TimeSplit
 from gptrain.training.config import DEFAULT_EPOCHS, TrainConfig
-from gptrain.training.instruct import load_instructions
+from gptrain.training.instruct import load_instructions, read_instructions
 from gptrain.training.optim import make_optimizer
 from gptrain.training.pace import Pace
 from gptrain.training.parallel import check_launch, checkpoint_activations, shard_model
@@ -190,6 +190,10 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
         check_launch(procs.world_size, device)
     prepare_device(device, sharded=cfg.fsdp)
     init_model = None
+    # Before --init's model loads, which can take seconds, so that a bad --data is reported at once.
+    records = None
+    if cfg.finetune is not None:
+        cfg, records = read_instructions(cfg)
     tokenizer = data_tokenizer(cfg.data) or get_tokenizer()
     if cfg.init is not None:  # transfer learning: SOURCE's architecture, weights and tokenizer
         init_model, init_sha256, tokenizer = load_init_model(cfg, device)
@@ -205,11 +209,11 @@ def _set_up(cfg: TrainConfig, procs: Processes, device: torch.device, echo: Call
                                     procs.world_size)
         cfg = dataclasses.replace(cfg, grad_accum=grad_accum, global_batch_tokens=None)
     test_records = None
-    if cfg.finetune is None:
+    if records is None:
         train_windows, val_windows = load_windows(cfg, model_cfg.context_length, tokenizer)
     else:
-        cfg, train_windows, val_windows, test_records = load_instructions(cfg, model_cfg.context_length,
-                                                                          tokenizer, echo)
+        train_windows, val_windows = load_instructions(cfg, records, model_cfg.context_length, tokenizer, echo)
+        test_records = records.test
     global_batch = cfg.batch_size * cfg.grad_accum * procs.world_size
     steps_per_epoch = len(train_windows) // global_batch
     if steps_per_epoch == 0:
