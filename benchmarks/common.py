@@ -13,17 +13,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def provenance() -> str:
-    """A results file's first line: when, at which commit (``+changes`` when tracked files differ from
-    it), and the command that printed it. Every benchmark prints it first."""
+def provenance(root: Path = HERE.parent) -> str:
+    """A results file's first line: when, at which commit of the checkout at ``root`` (``+changes`` when
+    tracked files differ from it), and the command that printed it. Every benchmark prints it first.
+
+    Results files do not count as changes: under ``make bench`` each script after the first would
+    otherwise read the ones its predecessors rewrote as changes to the code."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = "+changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results")
+    changed = "+changes" if changes else ""
     script = os.path.relpath(Path(sys.argv[0]).resolve(), HERE.parent)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"# {when}, commit {commit}{changed}: {shlex.join(['python', script, *sys.argv[1:]])}"
