@@ -54,7 +54,6 @@ def run_book(text: str, epochs: int = 10, tuned: bool = False) -> dict:
     if tuned:
         retain_freed_memory()
     bf16 = tuned and cpu_has_native_bf16()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     tokenizer = get_tokenizer()
     cfg = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
@@ -71,9 +70,13 @@ def run_book(text: str, epochs: int = 10, tuned: bool = False) -> dict:
     val_loader = loader(text[split:], False, False)
     torch.manual_seed(123)
     model = GPTModel(cfg)
+    if bf16:
+        # Around each forward, not around the whole loop: autocast caches its bf16 copies of the weights
+        # until its context exits, so a loop run inside one context would never see the updates.
+        model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0004, weight_decay=0.1, fused=True if tuned else None)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), autocast:
+    with contextlib.redirect_stdout(printed):
         train_losses, val_losses, tokens_seen = train_model_simple(
             model, train_loader, val_loader, optimizer, "cpu", num_epochs=epochs, eval_freq=5, eval_iter=5,
             start_context="Every effort moves you", tokenizer=tokenizer)
