@@ -1,11 +1,11 @@
 """llama.cpp beside gptrain in bench_generate: the same weights as GGUF (written by gptrain's
-export_gguf), run through llama-cpp-python in this process, and both programs timed as whole
-processes, the way a user runs them.
+export_gguf), run through llama-cpp-python in the benchmark's process to compare its tokens, and
+both programs timed as whole processes, the way a user runs them.
 
 The whole-process figures count everything from the command's start to its exit: Python and
 torch (or llama.cpp) start-up, reading the weights, preparing them and generating. Each
 program also reports the speed of its generation alone (gptrain generate prints it on stderr;
-the llama.cpp script below prints the same measure), which is what the in-process rows time.
+the llama.cpp script below prints the same measure): the benchmark's Python API rows time the same.
 """
 
 from __future__ import annotations
