@@ -101,6 +101,9 @@ def test_memory_adds_up_and_the_largest_batch_is_the_largest_that_fits():
     # FSDP over 8 devices shards weights, gradients and moments.
     sharded = memory_per_device(cfg, 4, "bf16", distribution="fsdp", devices=8)
     assert sharded.optimizer == 8 * params // 8 and sharded.peak < memory.peak
+    # gptrain train keeps a copy of the best weights (for best/) beside the training state.
+    kept = memory_per_device(cfg, 4, "bf16", best_copy=True)
+    assert kept.best_weights == 4 * params and kept.peak == memory.peak + 4 * params
 
 
 def test_gpt2_124m_on_8_a100s():

@@ -59,6 +59,7 @@ def format_estimate(result: Estimate) -> str:
                           f"{gb(memory['activations_checkpointed'])} with activation checkpointing"),
         ("  runtime overhead", gb(memory["overhead"])),
         *([("  freed memory the process keeps", gb(memory["retained_heap"]))] if memory["retained_heap"] else []),
+        *([("  best weights kept for best/", gb(memory["best_weights"]))] if memory["best_weights"] else []),
         ("  peak", f"{gb(memory['peak'])}; {gb(memory['peak_checkpointed'])} with activation checkpointing"),
     ]
     if memory["capacity"] is not None:

@@ -71,6 +71,7 @@ class Memory:
     activations_checkpointed: int
     backward_transient: int
     retained_heap: int  # what a heap that keeps freed memory holds beyond the step's live tensors
+    best_weights: int  # the copy of the weights with the lowest validation loss, kept for best/
     overhead: int  # the interpreter, torch and its first step's set-up (CPU), or the CUDA context
     peak: int
     peak_checkpointed: int
@@ -82,7 +83,7 @@ class Memory:
 
 def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distribution: str = "single",
                       devices: int = 1, math_attention: bool = False, capacity: int | None = None,
-                      overhead: int = 0, retained_heap: bool = False) -> Memory:
+                      overhead: int = 0, retained_heap: bool = False, best_copy: bool = False) -> Memory:
     """The peak memory of one device in a training step, and the largest micro-batch that fits.
 
     The peak falls either at the start of the backward pass (all activations live, the head's
@@ -94,8 +95,13 @@ def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distri
     ``retained_heap``: the process keeps freed memory (``runtime.retain_freed_memory``, gptrain train
     on a CPU). Then from the second step on the heap also holds, as holes the next step's allocations
     do not fit, about one more step's activations under autocast and the logits' copy in the compute
-    dtype (measured peak RSS of 3 steps, bf16: tiny at context 128, micro-batch 8 and 32; 6 x 384 at
-    context 256, micro-batch 4 and 16: within 3%; fp32, tiny and 6 x 384: -10% and -1%).
+    dtype (estimate against the measured peak RSS of 3 steps, bf16, benchmarks/results/estimate.txt: tiny
+    at context 128, micro-batch 8 and 32: -1.8% and -5.6%; 6 x 384 at context 256, micro-batch 4 and 16:
+    -4.7% and +11.5%, where the heap reuses more of its holes than this assumes).
+
+    ``best_copy``: the run keeps, from its first evaluation on, an fp32 copy of the weights with the
+    lowest validation loss (``gptrain train``'s best/, on the process that writes it). Without it the
+    lecture's run measured 1.17x the estimate (4,455 MiB against 3,823); with it, within 1%.
     """
     counts = parameter_counts(cfg)
     params, shard = counts.total, devices if distribution == "fsdp" else 1
@@ -104,6 +110,7 @@ def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distri
     gathered = 2 * 4 * (params - counts.embedding) // cfg.n_layers if distribution == "fsdp" and devices > 1 else 0
     bucket = 4 * params if distribution == "ddp" and devices > 1 else 0
     head_gradient = 4 * cfg.vocab_size * cfg.emb_dim
+    best = 4 * params if best_copy else 0
     e = 4 if precision == "fp32" else 2
 
     def peak_at(batch: int, checkpointing: bool) -> tuple[int, int, int, int]:
@@ -118,7 +125,8 @@ def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distri
         backward_start = acts + lowp + transient
         backward_end = gradients + bucket
         held = (e * logits + (acts if e < 4 else 0)) if retained_heap else 0
-        return overhead + weights + optimizer + gathered + max(backward_start, backward_end) + held, acts, transient, held
+        return (overhead + weights + optimizer + gathered + best + max(backward_start, backward_end) + held,
+                acts, transient, held)
 
     peak, acts, transient, held = peak_at(batch_size, False)
     peak_ckpt, acts_ckpt, _, _ = peak_at(batch_size, True)
@@ -136,7 +144,8 @@ def memory_per_device(cfg: GPTConfig, batch_size: int, precision: str, *, distri
 
     return Memory(weights=weights, gradients=gradients, optimizer=optimizer, low_precision_weights=lowp,
                   activations=acts, activations_checkpointed=acts_ckpt, backward_transient=transient,
-                  retained_heap=held, overhead=overhead, peak=peak, peak_checkpointed=peak_ckpt, capacity=capacity,
+                  retained_heap=held, best_weights=best, overhead=overhead, peak=peak, peak_checkpointed=peak_ckpt,
+                  capacity=capacity,
                   fits=None if capacity is None else peak <= capacity,
                   max_batch_size=largest(False), max_batch_size_checkpointed=largest(True))
 

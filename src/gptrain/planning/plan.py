@@ -128,7 +128,7 @@ def estimate(plan: Plan, *, measure: bool = False, measure_device: torch.device 
     retained_heap = on_cpu and plan.distribution != "fsdp"
     memory = memory_per_device(cfg, plan.batch_size, plan.precision, distribution=plan.distribution,
                                devices=plan.gpus, math_attention=math_attention, capacity=capacity, overhead=overhead,
-                               retained_heap=retained_heap)
+                               retained_heap=retained_heap, best_copy=True)  # gptrain train evaluates by default
     peak = cpu_peak_flops(plan.precision) if on_cpu else accelerator.peak(plan.precision)
 
     measured = None
