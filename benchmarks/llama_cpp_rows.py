@@ -23,9 +23,10 @@ GGUF_FOR = {"fp32": "f32", "bf16": "f16", "int8": "q8_0"}
 # llama.cpp as a program of its own: load the GGUF file, greedy tokens from a text prompt, exit.
 LLAMA_SCRIPT = """
 import sys, time
-import llama_cpp
+sys.path.insert(0, sys.argv[5])
+from llama_cpp_rows import llama_model
 path, prompt, new_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm = llama_model(path, threads)
 ids = llm.tokenize(prompt.encode(), add_bos=False)
 started = time.perf_counter()
 count = 0
@@ -47,11 +48,25 @@ def have_llama_cpp() -> bool:
     return True
 
 
-def llama_model(path: Path, threads: int):
+def llama_model(path: Path | str, threads: int):
+    """llama.cpp's model as its command line runs it with --no-repack: on CPUs with AMX (Sapphire
+    Rapids and later) the q8_0 weights it repacks for its AMX kernels crash the process on any prompt
+    longer than one token (llama.cpp#20824, still open)."""
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                           verbose=False)
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                               verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 def llama_runner(llm, new_tokens: int):
@@ -92,5 +107,6 @@ def process_commands(checkpoint: Path, gguf: dict[str, Path], precision: str, pr
             "--max-new-tokens", str(new_tokens), "--temperature", "0", "--device", "cpu", "--no-stream",
             *(["--quantize", "int8"] if precision == "int8" else [])]
     commands[f"llama.cpp {GGUF_FOR[precision]} (process)"] = [
-        sys.executable, "-c", LLAMA_SCRIPT, str(gguf[GGUF_FOR[precision]]), prompt, str(new_tokens), str(threads)]
+        sys.executable, "-c", LLAMA_SCRIPT, str(gguf[GGUF_FOR[precision]]), prompt, str(new_tokens), str(threads),
+        str(Path(__file__).resolve().parent)]
     return commands

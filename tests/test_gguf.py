@@ -31,8 +31,21 @@ def exported(model, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed: "
-                                                   "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python")
+    module = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed: "
+                                                     "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python")
+    # llama.cpp's --no-repack: on CPUs with AMX (Sapphire Rapids and later) llama.cpp repacks q8_0
+    # weights for its AMX kernels, which crash the process on any prompt longer than one token
+    # (llama.cpp#20824, still open); the plain q8_0 kernels read the same file.
+    defaults = module.llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module.llama_cpp, "llama_model_default_params", without_repacking)
+        yield module
 
 
 def llama(llama_cpp, path, **kwargs):
