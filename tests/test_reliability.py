@@ -20,7 +20,7 @@ from gptrain.cli import main
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import atomic_path
 from gptrain.data.prepare import prepare
-from gptrain.store.integrity import MANIFEST_FILE, verify_path
+from gptrain.store.integrity import MANIFEST_FILE, checked_after, verify_path
 from gptrain.training.runlock import LOCK_FILE, RunLock, locks_run_dir
 
 
@@ -353,6 +353,29 @@ def test_a_damaged_weights_file_is_detected_on_load_and_by_verify(run_dir, tmp_p
     assert "1 of 3 checkpoint(s) failed verification" in line and str(run / "final") in line
     assert main(["info", "--verify", str(run / "best")]) == 0
     assert f"{run / 'best'}: ok" in capsys.readouterr().out
+
+
+def test_a_checked_after_block_reports_damage_at_its_end_and_over_its_own_errors(run_dir, tmp_path):
+    checkpoint = tmp_path / "final"
+    shutil.copytree(run_dir / "final", checkpoint)
+    with checked_after():
+        intact = load_checkpoint(checkpoint)
+    assert intact.cfg.emb_dim > 0
+
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:5000] + bytes([data[5000] ^ 1]) + data[5001:])
+    reached = []
+    with pytest.raises(GptrainError, match="was altered"):
+        with checked_after():
+            load_checkpoint(checkpoint)
+            reached.append("the block goes on while the hash is checked")
+    assert reached == ["the block goes on while the hash is checked"]
+    # What the damaged weights made go wrong in the block is reported as the damage it comes from.
+    with pytest.raises(GptrainError, match="was altered"):
+        with checked_after():
+            load_checkpoint(checkpoint)
+            raise ValueError("a product of damaged weights")
 
 
 def test_verify_a_whole_run_and_an_altered_training_state(run_dir, tmp_path, capsys, shards):

@@ -16,6 +16,7 @@ from gptrain.data.trained_tokenizer import Tokenizer
 from gptrain.inference.cpu import optimize_for_cpu_inference
 from gptrain.inference.generate import check_sampling_args, stream_text, stream_tokens, window_warning
 from gptrain.interop.sources import resolve_model
+from gptrain.store.integrity import checked_after
 
 
 class Continuation:
@@ -54,17 +55,18 @@ def continue_prompt(model: str, prompt: str, *, max_new_tokens: int = 50, temper
     An instruction-tuned model's prompt is an instruction, formatted with its saved template, and its
     response ends at end-of-text; ``raw`` passes the prompt through as it is."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
-    resolved = resolve_device(device)
-    source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
-    loaded, tokenizer, template = source.model, source.tokenizer, None if raw else source.template
     if not prompt:
         raise GptrainError("the prompt is empty: give --prompt some text")
-    text = prompt if template is None else render_instruction(template, prompt)
-    idx = text_to_token_ids(text, tokenizer).to(resolved)
-    warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
-    # The CPU layout is a copy of every weight, part of loading: made before the clock starts, as a
-    # program that generates again and again makes it once.
-    optimize_for_cpu_inference(loaded)
+    resolved = resolve_device(device)
+    with checked_after():  # the weights' hash is checked while they are put in the CPU layout
+        source = resolve_model(model, device=resolved, n_heads=n_heads, quantize=quantize)
+        loaded, tokenizer, template = source.model, source.tokenizer, None if raw else source.template
+        text = prompt if template is None else render_instruction(template, prompt)
+        idx = text_to_token_ids(text, tokenizer).to(resolved)
+        warning = window_warning(idx.shape[1], max_new_tokens, loaded.cfg.context_length)
+        # The CPU layout is a copy of every weight, part of loading: made before the clock starts, as a
+        # program that generates again and again makes it once.
+        optimize_for_cpu_inference(loaded)
     generator = torch.Generator(device=resolved).manual_seed(seed)
     token_ids = stream_tokens(loaded, idx, max_new_tokens, loaded.cfg.context_length, temperature=temperature,
                               top_k=top_k, top_p=top_p, generator=generator,
