@@ -1,20 +1,21 @@
 """Generation speed: gptrain against the book's generate_text_simple, HF GPT2LMHeadModel.generate and llama.cpp.
 
-One process, the same random GPT-2 124M weights in every model (ours is built with tied
+The same random GPT-2 124M weights in every model (ours is built with tied
 embeddings and q/k/v biases, which makes it GPT-2 exactly, and its weights are copied into
 the book's GPTModel and HF's GPT2LMHeadModel), a 4-token prompt, 200 new greedy tokens, on
-CPU. Timed runs alternate (each round runs every implementation once, in turn), so drifts in
-machine load hit all of them alike; the figure is the median over rounds. Before timing, the
-greedy tokens of all implementations are compared. At batch 1 it also times one vector times
+CPU. Each setting runs in a fresh process of its own, so one setting's thread pools and heap do not
+slow the next. Timed runs alternate (each round runs every implementation once, in turn), so drifts
+in machine load hit all of them alike; the figure is the median over rounds. The greedy tokens of
+all implementations are compared (from the warm-up runs). At batch 1 it also times one vector times
 every weight matrix and nothing else, in that setting's precision: each step reads all the
 weights once, so this is the bandwidth ceiling that no implementation of one-token-per-step
 decoding can pass (whether bf16's half-size weights raise it depends on the CPU's bf16 kernels).
 
 int8-b1 is gptrain.quantize's int8 weights. At batch 1, llama.cpp (llama-cpp-python, when
 installed) runs the same weights exported by gptrain.export_gguf: f32 beside fp32, f16 beside
-bf16, q8_0 beside int8, with as many threads as torch: its greedy tokens are compared in this
-process, but it is timed in processes of its own, as `gptrain generate` is (see
-llama_cpp_rows.py), from start to exit, on a 4-token text prompt, each program also reporting the
+bf16, q8_0 beside int8, with as many threads as torch: its greedy tokens are compared in the
+setting's process after the timing, but it is timed in processes of its own, as `gptrain generate`
+is (see llama_cpp_rows.py), from start to exit, on a 4-token text prompt, each program also reporting the
 speed of its generation alone. The last table gives gptrain's time per token over llama.cpp's for
 each precision and path (the goal is at most 1.5x): gptrain's Python API against llama.cpp's
 generation, `gptrain generate`'s generation against llama.cpp's, and the whole processes.
@@ -33,7 +34,7 @@ q8_0 rounds differently, so its agreement is printed, not required).
 from __future__ import annotations
 
 import argparse
-import copy
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -149,7 +150,7 @@ def main() -> None:
         b1 = [SETTINGS[s][0] for s in args.settings if SETTINGS[s][1] == 1]
         gguf = {GGUF_FOR[p]: export_gguf(base, Path(tmp) / f"{GGUF_FOR[p]}.gguf", dtype=GGUF_FOR[p])
                 for p in b1} if with_llama else {}
-        rows, speeds_at, disagreements = in_process_rows(args, base, prompts, gguf, threads)
+        rows, speeds_at, disagreements = in_process_rows(args, prompts, gguf, threads)
         if not args.skip_processes and with_llama:
             checkpoint = save_checkpoint(base, Path(tmp) / "gpt2-124M-random")
             rows += process_rows(args, checkpoint, gguf, b1, threads, speeds_at)
@@ -166,53 +167,65 @@ def main() -> None:
                          "the speeds above do not compare the same computation")
 
 
-def in_process_rows(args, base, prompts, gguf: dict, threads: int) -> tuple[list, dict, int]:
-    """The timed rows of every setting in this process, each setting's tokens/s by implementation, and
-    how many of the book's and HF's runs disagreed with gptrain's greedy tokens."""
+def in_process_rows(args, prompts, gguf: dict, threads: int) -> tuple[list, dict, int]:
+    """The timed rows of every setting, each setting in a fresh process of its own: run one after
+    another in one process, a setting's thread pools and heap slowed the next (int8 after bf16 and
+    llama.cpp: 50 tokens/s against 73 alone). Also each setting's tokens/s by implementation, and how
+    many of the book's and HF's runs disagreed with gptrain's greedy tokens."""
     rows, speeds_at, disagreements = [], {}, 0
+    spawn = multiprocessing.get_context("spawn")
     for setting in args.settings:
-        precision, batch = SETTINGS[setting]
-        ours = copy.deepcopy(base).to(DTYPES[precision]).eval()  # as a user has it: no layout call
-        run = {}
-        if precision == "int8":
-            ours = quantize(ours)
-        else:
-            hf = hf_model_from(base).eval().to(DTYPES[precision])
-            book = book_model_from(base).eval().to(DTYPES[precision])
-            run = runners(ours, book, hf, args.new_tokens)
-            if not (setting in BOOK_SETTINGS or args.book_everywhere):
-                del run["book generate_text_simple"]
-        run["gptrain generate"] = lambda idx, model=ours: generate(model, idx, args.new_tokens, model.cfg.context_length)
-        idx = prompts[:batch]
-        outputs = {name: fn(idx) for name, fn in run.items()}  # also the warm-up
-        if batch == 1 and gguf:
-            # llama.cpp's tokens are compared here, but it is timed in its own process (process_rows):
-            # in this one its worker threads spin on after each call and slow the torch rounds beside it.
-            kind = GGUF_FOR[precision]
-            llama = llama_model(gguf[kind], threads)
-            outputs[f"llama.cpp {kind}"] = llama_runner(llama, args.new_tokens)(idx)
-            llama.close()
-        reference = outputs["gptrain generate"]
-        for name, out in outputs.items():
-            if name != "gptrain generate":
-                agreement = first_difference(reference, out)
-                print(f"{setting}: greedy tokens of gptrain and {name}: {agreement}")
-                disagreements += agreement != "identical" and not name.startswith("llama.cpp")
-        times = {name: [] for name in run}
-        for _ in range(args.rounds):
-            for name, fn in run.items():
-                started = time.perf_counter()
-                fn(idx)
-                times[name].append(time.perf_counter() - started)
-        speeds = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+        with spawn.Pool(1) as pool:
+            setting_rows, speeds, disagreed = pool.apply(one_setting, (args, setting, prompts, gguf, threads))
+        rows += setting_rows
         speeds_at[setting] = speeds
-        for name, speed in speeds.items():
-            rows.append((setting, name, speed, speeds["gptrain generate"] / speed))
-        if batch == 1:
-            rows.append((setting, "weights alone (bandwidth ceiling)", int8_ceiling(ours, args.rounds), None)
-                        if precision == "int8" else weight_streaming_ceiling(ours, setting, args.rounds))
-        del ours, run
+        disagreements += disagreed
     return rows, speeds_at, disagreements
+
+
+def one_setting(args, setting: str, prompts, gguf: dict, threads: int) -> tuple[list, dict, int]:
+    torch.set_num_threads(threads)
+    precision, batch = SETTINGS[setting]
+    base = random_gpt2_124m(args.seed)
+    ours = base.to(DTYPES[precision]).eval()  # as a user has it: no layout call
+    run = {}
+    if precision == "int8":
+        ours = quantize(ours)
+    else:
+        hf = hf_model_from(base).eval().to(DTYPES[precision])
+        book = book_model_from(base).eval().to(DTYPES[precision])
+        run = runners(ours, book, hf, args.new_tokens)
+        if not (setting in BOOK_SETTINGS or args.book_everywhere):
+            del run["book generate_text_simple"]
+    run["gptrain generate"] = lambda idx, model=ours: generate(model, idx, args.new_tokens, model.cfg.context_length)
+    idx = prompts[:batch]
+    outputs = {name: fn(idx) for name, fn in run.items()}  # also the warm-up
+    times = {name: [] for name in run}
+    for _ in range(args.rounds):
+        for name, fn in run.items():
+            started = time.perf_counter()
+            fn(idx)
+            times[name].append(time.perf_counter() - started)
+    speeds = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+    rows = [(setting, name, speed, speeds["gptrain generate"] / speed) for name, speed in speeds.items()]
+    if batch == 1:
+        rows.append((setting, "weights alone (bandwidth ceiling)", int8_ceiling(ours, args.rounds), None)
+                    if precision == "int8" else weight_streaming_ceiling(ours, setting, args.rounds))
+    if batch == 1 and gguf:
+        # After the timing: llama.cpp's worker threads spin on after each call and slow torch
+        # beside them. It is timed in processes of its own (process_rows).
+        kind = GGUF_FOR[precision]
+        llama = llama_model(gguf[kind], threads)
+        outputs[f"llama.cpp {kind}"] = llama_runner(llama, args.new_tokens)(idx)
+        llama.close()
+    disagreements = 0
+    reference = outputs["gptrain generate"]
+    for name, out in outputs.items():
+        if name != "gptrain generate":
+            agreement = first_difference(reference, out)
+            print(f"{setting}: greedy tokens of gptrain and {name}: {agreement}", flush=True)
+            disagreements += agreement != "identical" and not name.startswith("llama.cpp")
+    return rows, speeds, disagreements
 
 
 def process_rows(args, checkpoint: Path, gguf: dict, precisions: list[str], threads: int, speeds_at: dict) -> list:
