@@ -186,14 +186,13 @@ def in_process_rows(args, prompts, gguf: dict, threads: int) -> tuple[list, dict
 def one_setting(args, setting: str, prompts, gguf: dict, threads: int) -> tuple[list, dict, int]:
     torch.set_num_threads(threads)
     precision, batch = SETTINGS[setting]
-    base = random_gpt2_124m(args.seed)
-    ours = base.to(DTYPES[precision]).eval()  # as a user has it: no layout call
+    ours = random_gpt2_124m(args.seed).to(DTYPES[precision]).eval()  # as a user has it: no layout call
     run = {}
     if precision == "int8":
         ours = quantize(ours)
     else:
-        hf = hf_model_from(base).eval().to(DTYPES[precision])
-        book = book_model_from(base).eval().to(DTYPES[precision])
+        hf = hf_model_from(ours).eval().to(DTYPES[precision])
+        book = book_model_from(ours).eval().to(DTYPES[precision])
         run = runners(ours, book, hf, args.new_tokens)
         if not (setting in BOOK_SETTINGS or args.book_everywhere):
             del run["book generate_text_simple"]
@@ -251,6 +250,8 @@ def process_rows(args, checkpoint: Path, gguf: dict, precisions: list[str], thre
 
 def print_llama_ratios(speeds_at: dict) -> None:
     """gptrain's time per token over llama.cpp's, per precision and path (goal: at most 1.5x)."""
+    if not any(key.endswith("(process) reported") for speeds in speeds_at.values() for key in speeds):
+        return  # llama.cpp is timed only in processes of its own
     print("\n| precision (gptrain / llama.cpp) | Python API vs llama-cpp-python | gptrain generate vs llama.cpp, "
           "generation as reported | whole process, start to exit |\n|---|---:|---:|---:|")
     for setting, speeds in speeds_at.items():
@@ -263,6 +264,7 @@ def print_llama_ratios(speeds_at: dict) -> None:
                for kind in ("reported", "whole")]
         shown = [f"{ratio:.2f}x" if ratio == ratio else "-" for ratio in cli]  # nan: no gptrain command (bf16)
         print(f"| {precision} / {GGUF_FOR[precision]} | {api:.2f}x | {shown[0]} | {shown[1]} |")
+
 
 if __name__ == "__main__":
     main()
