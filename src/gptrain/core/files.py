@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from gptrain.core.errors import GptrainError
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -33,7 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
@@ -80,7 +80,7 @@ def replace_dir(tmp: Path, path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_file(path.parent)
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def staged_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         for file in tmp.iterdir():
-            _fsync(file)
+            fsync_file(file)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

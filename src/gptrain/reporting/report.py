@@ -172,9 +172,10 @@ def _config(runs: list[RunLog]) -> str:
     return note + ("".join(parts) or '<p class="muted">No config.json.</p>')
 
 
-def render(runs: list[RunLog]) -> str:
-    """The report page for one run, or the overlay of several, as an HTML string."""
-    images = figures(runs)
+def render(runs: list[RunLog], images: dict[str, str] | None = None) -> str:
+    """The report page for one run, or the overlay of several, as an HTML string; ``images``, the
+    runs' :func:`figures` when they were drawn already."""
+    images = figures(runs) if images is None else images
     summaries = [summarize(run) for run in runs]
     title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(run.name for run in runs)
     places = "<br>".join(html.escape(str(run.path.resolve())) for run in runs)
@@ -262,17 +263,25 @@ def _unique_names(runs: list[RunLog]) -> None:
         run.name = name
 
 
-def write_report(runs: str | Path | Sequence[str | Path], out: str | Path | None = None) -> Path:
+def run_figures(run_dir: str | Path) -> dict[str, str]:
+    """The plots of one run's report, drawn now from the records logged so far: they show steps,
+    evaluations and notes, not the end record, so a run draws them while its last checkpoint is written."""
+    return figures([read_run(run_dir)])
+
+
+def write_report(runs: str | Path | Sequence[str | Path], out: str | Path | None = None, *,
+                 images: dict[str, str] | None = None) -> Path:
     """Write the report of one run directory (to ``RUN_DIR/report.html`` by default) or of several
     overlaid (to ``./report.html`` by default); returns the path. The file is written under a
-    temporary name and renamed, so a reader never sees half a page."""
+    temporary name and renamed, so a reader never sees half a page. ``images``: the runs' plots, drawn
+    earlier by :func:`run_figures` (the records they show must not have changed since)."""
     paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if not paths:
         raise GptrainError("give at least one run directory")
     logs = [read_run(p) for p in paths]
     _unique_names(logs)
     out = Path(out) if out is not None else (logs[0].path / REPORT_FILE if len(logs) == 1 else Path(REPORT_FILE))
-    page = render(logs)
+    page = render(logs, images)
     try:
         write_text_atomic(out, page)
     except OSError as exc:

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
+from torch.utils.serialization import config as serialization_config
 
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import staged_dir, write_json_atomic
@@ -48,7 +50,7 @@ from gptrain.model.classifier import add_class_head
 from gptrain.model.config import GPTConfig
 from gptrain.model.gpt import GPTModel, meta_model, unwrap_model
 from gptrain.model.lora import ADAPTER_FILE, has_lora, merged_state_dict, save_adapter
-from gptrain.store.integrity import read_manifest, read_verified, write_manifest
+from gptrain.store.integrity import file_record, read_manifest, read_verified, write_manifest
 from gptrain.store.layout import (
     CONFIG_FILE,
     FINAL_DIR,
@@ -94,13 +96,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
         with staged_dir(path) as tmp:
             if isinstance(tokenizer, TrainedTokenizer):
                 (tmp / TOKENIZER_FILE).write_bytes(tokenizer.data)
-            known = {}
-            if weights_from is None:
-                save_tensors(weights_state_dict(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-            else:
-                known = share_weights(weights_from, tmp)
-            if has_lora(model):  # the small file that --resume continues from; the weights above are merged
-                save_adapter(model, tmp / ADAPTER_FILE)
             state = dict(training_state or {})
             config = {
                 "format": FORMAT,
@@ -116,10 +111,21 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
             if classifier is not None:
                 config["classifier"] = classifier
             write_json_atomic(tmp / CONFIG_FILE, config)
+            if has_lora(model):  # the small file that --resume continues from; the weights are merged
+                save_adapter(model, tmp / ADAPTER_FILE)
             if optimizer is not None:
                 state["optimizer"] = optimizer.state_dict()
-            if state:
-                torch.save(state, tmp / STATE_FILE)
+            known = {} if weights_from is None else share_weights(weights_from, tmp)
+            # The two large files are written and hashed at once, each on a thread of its own: safetensors,
+            # torch.save and hashlib all release the GIL (the lecture run's final/, 650 MB of weights and
+            # 1.3 GB of optimizer state: 1.3 s instead of 3.9 s one after the other).
+            with ThreadPoolExecutor(2) as pool:
+                writing = {}
+                if weights_from is None:
+                    writing[WEIGHTS_FILE] = pool.submit(written_weights, weights_state_dict(model), tmp / WEIGHTS_FILE)
+                if state:
+                    writing[STATE_FILE] = pool.submit(written_state, state, tmp / STATE_FILE)
+                known |= {name: job.result() for name, job in writing.items()}
             if optimizer_dir is not None:
                 os.replace(optimizer_dir, tmp / OPTIMIZER_DIR)
             write_manifest(tmp, known)  # after every other file: it records what the folder holds
@@ -130,6 +136,21 @@ def save_checkpoint(model: nn.Module, path: str | Path, optimizer: torch.optim.O
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise GptrainError(f"cannot write checkpoint {path}: {reason}; the previous one is kept") from None
     return path
+
+
+def written_weights(tensors: dict[str, torch.Tensor], path: Path) -> dict:
+    """Write a checkpoint's weights file; returns its manifest record."""
+    save_tensors(tensors, path, metadata={"format": "pt"})
+    return file_record(path)
+
+
+def written_state(state: dict[str, Any], path: Path) -> dict:
+    """Write a checkpoint's training state (optimizer included); returns its manifest record."""
+    # The manifest's sha256 already guards every byte, and torch.save's own CRC-32 of each record
+    # costs as much again: 2 s for the lecture run's 1.3 GB of optimizer state.
+    with serialization_config.patch({"save.compute_crc32": False}):
+        torch.save(state, path)
+    return file_record(path)
 
 
 def share_weights(source: Path, folder: Path) -> dict[str, dict]:

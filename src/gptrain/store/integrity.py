@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from gptrain.core.errors import GptrainError
-from gptrain.core.files import write_json_atomic
+from gptrain.core.files import fsync_file, write_json_atomic
 from gptrain.core.hashing import sha256_file
 from gptrain.store.layout import MANIFEST_FILE, is_checkpoint
 
@@ -27,19 +27,28 @@ T = TypeVar("T")
 
 def write_manifest(folder: Path, known: dict[str, dict] | None = None) -> dict:
     """Record every file under ``folder`` (but the manifest itself) in ``folder/manifest.json``;
-    ``known`` holds the records of files shared with another checkpoint, taken from its manifest."""
+    ``known`` holds the records of files already recorded: shared with another checkpoint (taken from
+    its manifest), or hashed as they were written (:func:`file_record`)."""
     known = known or {}
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
                    and p.relative_to(folder).as_posix() not in known)
     # hashlib releases the GIL: the files (weights, optimizer state, ...) are hashed on all cores at once.
     with ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(sha256_file, paths))
-    files = {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": digest}
-             for path, digest in zip(paths, digests)}
+        records = list(pool.map(file_record, paths))
+    files = {path.relative_to(folder).as_posix(): record for path, record in zip(paths, records)}
     files = dict(sorted((files | known).items()))
     manifest = {"format": MANIFEST_FORMAT, "files": files}
     write_json_atomic(folder / MANIFEST_FILE, manifest)
     return manifest
+
+
+def file_record(path: Path) -> dict:
+    """The manifest's record of a finished file (size and sha256), with the file flushed to disk: its
+    fsync waits for the disk while other files are still written or hashed, instead of after all of
+    them (the staged folder's own fsync then finds it clean)."""
+    digest = sha256_file(path)
+    fsync_file(path)
+    return {"size": path.stat().st_size, "sha256": digest}
 
 
 def read_manifest(folder: Path) -> dict | None:

@@ -30,6 +30,7 @@ from gptrain.core.runtime import (
     mean_over_processes,
     peak_memory_mb,
     process_age,
+    release_freed_memory,
 )
 from gptrain.data.instructions import InstructionExamples
 from gptrain.evaluation.tasks import load_training_tasks
@@ -37,7 +38,7 @@ from gptrain.model.counts import flops_per_token
 from gptrain.model.gpt import count_parameters
 from gptrain.model.lora import PEFT_DIR, export_peft_adapter, has_lora
 from gptrain.reporting.metrics import MetricsLog
-from gptrain.reporting.report import REPORT_FILE, write_report
+from gptrain.reporting.report import REPORT_FILE, run_figures, write_report
 from gptrain.reporting.trackers import TrackerSettings
 from gptrain.store.checkpoint import CHECKPOINTS_DIR, prune_checkpoints
 from gptrain.training.book import plot_losses
@@ -121,6 +122,7 @@ class Outcome:
     peak: float | None = None  # FLOP/s of one device, for MFU
     peak_source: str | None = None
     flops_per_token: float = 0.0
+    report_figures: dict[str, str] | None = None  # drawn while final/ was written
 
 
 def start_run(run: Run, state: dict[str, Any], overwrite: bool, resume: bool) -> None:
@@ -225,9 +227,10 @@ def run_steps(run: Run, state: dict[str, Any], stop: StopOnSignal, progress: tqd
     return outcome
 
 
-def save_final(run: Run, state: dict[str, Any]) -> None:
-    """final/ written while rank 0 plots the losses: nothing changes the model or the optimizer any
-    more. Under torchrun it is written in the open, as its collectives must meet every process's."""
+def save_final(run: Run, state: dict[str, Any]) -> dict[str, str] | None:
+    """final/ written while rank 0 plots the losses and draws the report's figures (returned): nothing
+    changes the model or the optimizer any more. Under torchrun it is written in the open, as its
+    collectives must meet every process's."""
     def save() -> None:
         save_run_checkpoint(run, state, run.out / "final")
         if run.procs.is_main and has_lora(run.raw_model):
@@ -237,12 +240,14 @@ def save_final(run: Run, state: dict[str, Any]) -> None:
         with run.timing.part("checkpoints"):
             save()
         plot_run(run, state)
-        return
+        return None
     with ThreadPoolExecutor(1) as pool:
         writing = pool.submit(save)
         plot_run(run, state)
+        images = run_figures(run.out) if run.procs.is_main else None
         with run.timing.part("checkpoints"):
             writing.result()
+    return images
 
 
 def plot_run(run: Run, state: dict[str, Any]) -> None:
@@ -266,6 +271,8 @@ def finish_run(run: Run, state: dict[str, Any], outcome: Outcome, started: float
     # Training's peak, before rank 0 gathers a sharded model to save it; measured here also because a
     # collective right before the process group is destroyed can deadlock gloo's shutdown.
     memory = [round(mb, 1) for mb in gather_over_processes(peak_memory_mb(run.device), run.procs, run.device)]
+    run.optimizer.zero_grad(set_to_none=True)  # no step follows: the gradients' memory goes back too
+    release_freed_memory()
     if outcome.stopped_by:
         path = run.out / CHECKPOINTS_DIR / f"step-{state['step']:07d}"
         with run.timing.part("checkpoints"):
@@ -274,7 +281,7 @@ def finish_run(run: Run, state: dict[str, Any], outcome: Outcome, started: float
         run.echo(f"Stopped by {outcome.stopped_by} after step {state['step']}: saved {path}; "
                  f"continue with --resume --out {run.out}")
     else:
-        save_final(run, state)
+        outcome.report_figures = save_final(run, state)
     outcome.wall = time.perf_counter() - started
     outcome.cost = run_cost(outcome.wall, run.cfg.price_per_hour, run.procs.world_size)
     priced = {} if outcome.cost is None else {"cost": outcome.cost}
@@ -289,7 +296,7 @@ def summarise(run: Run, state: dict[str, Any], outcome: Outcome) -> dict[str, An
     """The report (rank 0), the closing line, and the summary ``train`` returns."""
     cfg = run.cfg
     if run.procs.is_main:
-        write_report(run.out)
+        write_report(run.out, images=outcome.report_figures)
     if not outcome.stopped_by and (state["train_losses"] or not cfg.eval_freq):
         ended = (f"final train loss {state['train_losses'][-1]:.3f}, val loss {state['val_losses'][-1]:.3f}; "
                  f"checkpoints in {run.out}/final and {run.out}/best" if cfg.eval_freq
