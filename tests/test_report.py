@@ -30,7 +30,16 @@ def run_dir(tmp_path_factory, verdict_text):
                  "--context-length", "16", "--batch-size", "8", "--epochs", "3", "--eval-freq", "3",
                  "--eval-iter", "1", "--sample-tokens", "5", "--warmup-steps", "4", "--cosine",
                  "--device", "cpu"]) == 0
+    shutil.copy(out / "report.html", folder / "report_written_by_train.html")  # the tests below rewrite it
     return out
+
+
+def test_the_figures_train_draws_while_final_is_written_show_the_whole_run(run_dir, tmp_path):
+    drawn_early = embedded_pngs((run_dir.parent / "report_written_by_train.html").read_text(encoding="utf-8"))
+    drawn_after = embedded_pngs(write_report(run_dir, tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert len(drawn_early) == len(drawn_after) >= 8
+    for early, after in zip(drawn_early, drawn_after):
+        np.testing.assert_array_equal(early, after)
 
 
 def copy_run(run_dir, target, loss_offset: float = 0.0):
