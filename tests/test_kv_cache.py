@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from gptrain import GPTModel, load_checkpoint, save_checkpoint
-from gptrain.inference.cpu import SlicedLinear, _inner_slices, optimize_for_cpu_inference, store_weights_transposed
+from gptrain.inference.cpu import (
+    SlicedLinear,
+    _inner_slices,
+    _one_bfloat16_row,
+    optimize_for_cpu_inference,
+    store_weights_transposed,
+)
 from gptrain.inference.generate import generate, generate_batch, stream_tokens
 from gptrain.model.gpt import KVCache
 
@@ -256,6 +262,31 @@ def test_one_row_products_are_sliced_only_when_inferring_few_float32_rows_on_sev
         assert _inner_slices(x, 768) == 1
     threads(2)
     assert _inner_slices(x, 768) == 1  # autograd on: training stays nn.Linear
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 768), (1, 1, 768)])
+def test_one_bfloat16_row_is_a_matrix_vector_product_with_nn_linears_bits(bias, shape):
+    torch.manual_seed(0)
+    layer = SlicedLinear(768, 2304, bias=bias).to(torch.bfloat16)
+    for _ in range(5):
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        with torch.inference_mode():
+            assert _one_bfloat16_row(x, layer.weight)
+            assert torch.equal(layer(x), expected)
+
+
+def test_only_one_inferred_bfloat16_row_takes_the_matrix_vector_product():
+    weight = torch.zeros(20, 768, dtype=torch.bfloat16)
+    row = torch.randn(1, 768, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert _one_bfloat16_row(row, weight)
+        assert not _one_bfloat16_row(torch.randn(2, 768, dtype=torch.bfloat16), weight)  # a batch: F.linear
+        assert not _one_bfloat16_row(row.float(), weight.float())  # float32 is sliced instead
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _one_bfloat16_row(row, weight)
+    assert not _one_bfloat16_row(row, weight)  # autograd on: training stays nn.Linear
 
 
 def test_the_model_is_plain_until_optimized_and_keeps_its_names_and_state(model):

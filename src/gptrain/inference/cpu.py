@@ -2,13 +2,16 @@
 
 The model itself (``gptrain.model.gpt``) uses plain ``nn.Linear`` layers in the default memory
 layout. Generation, batching and the server call :func:`optimize_for_cpu_inference`, which
-changes two things and neither values, shapes, names nor the state dict:
+changes three things and neither values, shapes, names nor the state dict:
 
 - sliced products: a generation step multiplies one row per sequence by each weight matrix,
   and MKL runs such a product on one core. Cut into one slice of the inner dimension per
   thread, it becomes a batched product that PyTorch spreads over the threads, plus a sum of the
   partial results: 1.6x faster per token on 2 cores. Only without autograd, so training is
   untouched.
+- one-row bfloat16 products through PyTorch's matrix-vector kernel (``torch.addmv``) instead of
+  the matrix product ``F.linear`` takes: the same bits, and on a 2-core Xeon the 124M model's
+  weights stream 1.35x faster (12.7 ms a token against 17.2 ms).
 - the transposed layout (:func:`store_weights_transposed`): float32 weights kept
   (in, out)-contiguous, the order GPT-2's ``Conv1D`` uses, in which MKL multiplies one vector
   by a matrix 1.1-1.6x faster. ``model.train()`` puts the default layout back.
@@ -26,8 +29,9 @@ from gptrain.model.gpt import unwrap_model
 
 class SlicedLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose few-row float32 CPU products without
-    autograd are cut into one slice of the inner dimension per thread; every other product is
-    ``nn.Linear``'s. Layers become one by :func:`optimize_for_cpu_inference`."""
+    autograd are cut into one slice of the inner dimension per thread, and whose one-row bfloat16
+    ones are matrix-vector products; every other product is ``nn.Linear``'s. Layers become one by
+    :func:`optimize_for_cpu_inference`."""
 
     def train(self, mode: bool = True) -> "SlicedLinear":
         super().train(mode)
@@ -37,6 +41,10 @@ class SlicedLinear(nn.Linear):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _one_bfloat16_row(x, self.weight):
+            row = x.reshape(self.in_features)
+            out = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+            return out.view(*x.shape[:-1], self.out_features)
         parts = _inner_slices(x, self.in_features)
         if parts == 1:
             return super().forward(x)
@@ -45,6 +53,12 @@ class SlicedLinear(nn.Linear):
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+
+def _one_bfloat16_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A decoding step's product at batch 1 in bfloat16 on a CPU, without autograd or autocast."""
+    return (x.numel() == weight.shape[1] and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
 
 
 def _inner_slices(x: torch.Tensor, in_features: int) -> int:
