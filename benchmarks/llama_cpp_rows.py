@@ -98,14 +98,11 @@ def time_process(command: list[str], threads: int) -> tuple[float, float, int]:
 
 def process_commands(checkpoint: Path, gguf: dict[str, Path], precision: str, prompt: str, new_tokens: int,
                      threads: int) -> dict[str, list[str]]:
-    """The gptrain generate and llama.cpp commands of one precision (none for gptrain in bf16, which
-    gptrain generate does not offer)."""
-    commands = {}
-    if precision != "bf16":
-        commands["gptrain generate (process)"] = [
-            sys.executable, "-m", "gptrain", "generate", "--model", str(checkpoint), "--prompt", prompt,
-            "--max-new-tokens", str(new_tokens), "--temperature", "0", "--device", "cpu", "--no-stream",
-            *(["--quantize", "int8"] if precision == "int8" else [])]
+    """The gptrain generate and llama.cpp commands of one precision."""
+    flags = {"fp32": [], "bf16": ["--precision", "bf16"], "int8": ["--quantize", "int8"]}[precision]
+    commands = {"gptrain generate (process)": [
+        sys.executable, "-m", "gptrain", "generate", "--model", str(checkpoint), "--prompt", prompt,
+        "--max-new-tokens", str(new_tokens), "--temperature", "0", "--device", "cpu", "--no-stream", *flags]}
     commands[f"llama.cpp {GGUF_FOR[precision]} (process)"] = [
         sys.executable, "-c", LLAMA_SCRIPT, str(gguf[GGUF_FOR[precision]]), prompt, str(new_tokens), str(threads),
         str(Path(__file__).resolve().parent)]

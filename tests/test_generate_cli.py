@@ -65,6 +65,23 @@ def test_output_is_the_prompt_and_the_tokens_generate_produces(checkpoint, monke
     assert out.text() == tokenizer.decode(expected[0].tolist()) + "\n"
 
 
+def test_bf16_precision_generates_what_the_model_in_bf16_generates(checkpoint, monkeypatch, capsys):
+    from gptrain import load_checkpoint
+
+    out, _ = run(monkeypatch, capsys, "--checkpoint", str(checkpoint), "--max-new-tokens", "12", "--precision", "bf16")
+    tokenizer = get_tokenizer()
+    idx = torch.tensor([tokenizer.encode("Every effort moves you")])
+    expected = generate(load_checkpoint(checkpoint).to(torch.bfloat16), idx, 12, 32)
+    assert out.text() == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+def test_precision_and_quantize_together_are_refused(checkpoint):
+    result = subprocess.run([sys.executable, "-m", "gptrain", "generate", "--checkpoint", str(checkpoint),
+                             "--precision", "bf16", "--quantize", "int8"], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "--precision bf16 and --quantize int8 both set the weights' format: give one of them" in result.stderr
+
+
 def test_top_p_changes_the_sample(checkpoint, monkeypatch, capsys):
     base = ["--checkpoint", str(checkpoint), "--max-new-tokens", "10", "--temperature", "1.0", "--seed", "1"]
     texts = {top_p: run(monkeypatch, capsys, *base, "--top-p", top_p)[0].text() for top_p in ("1", "1e-9")}
