@@ -266,10 +266,9 @@ def print_llama_ratios(speeds_at: dict) -> None:
         if f"{llama} (process) reported" not in speeds:
             continue
         api = speeds[f"{llama} (process) reported"] / speeds["gptrain generate"]
-        cli = [speeds.get(f"{llama} (process) {kind}", 0) / speeds.get(f"gptrain generate (process) {kind}", float("nan"))
-               for kind in ("reported", "whole")]
-        shown = [f"{ratio:.2f}x" if ratio == ratio else "-" for ratio in cli]  # nan: no gptrain command (bf16)
-        print(f"| {precision} / {GGUF_FOR[precision]} | {api:.2f}x | {shown[0]} | {shown[1]} |")
+        reported, whole = (speeds[f"{llama} (process) {kind}"] / speeds[f"gptrain generate (process) {kind}"]
+                           for kind in ("reported", "whole"))
+        print(f"| {precision} / {GGUF_FOR[precision]} | {api:.2f}x | {reported:.2f}x | {whole:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -112,10 +112,8 @@ def retain_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
     caching allocator does on a GPU. (A finite trim threshold is worse than none: every time the
     free top of the heap crosses it, glibc gives it all back and the next step faults it in again.)
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, -1))
@@ -126,11 +124,16 @@ def release_freed_memory() -> bool:
     will reuse it. The kernel gives those pages, still mapped by the hypervisor, to the page cache that
     the run's last checkpoint is written into: on a 2-core VM, 650 MB of new file pages take 1.9 s to
     write into memory never touched before and 0.15 s into memory just freed."""
+    malloc_trim = _glibc("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def _glibc(name: str):
+    """The C library's function ``name``, or None where there is no such library or function (not glibc)."""
     try:
-        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
-        return False
-    return bool(malloc_trim(0))
+        return None
 
 
 @dataclass(frozen=True)
