@@ -1,5 +1,6 @@
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -169,3 +170,20 @@ def test_an_unknown_setting_names_the_closest_one(tmp_path, capsys):
 
     with pytest.raises(GptrainError, match=r"^model config: unknown key\(s\) n_layer \(did you mean n_layers\?\)$"):
         GPTConfig.from_dict({"n_layer": 2})
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_worker_of_a_multi_process_run_leaves_without_the_interpreters_teardown(world_size):
+    """A torchrun worker ends with its exit code and all its output, but no interpreter teardown, where
+    gloo threads that an FSDP model keeps alive can abort the process; a lone process ends as usual."""
+    script = ("import atexit, sys; from gptrain.cli import main; atexit.register(print, 'teardown ran'); "
+              "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "WORLD_SIZE": world_size}
+    done = subprocess.run([sys.executable, "-c", script, "estimate", "--preset", "tiny", "--tokens", "1000000"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    refused = subprocess.run([sys.executable, "-c", script, "estimate", "--preset", "tiny"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "FLOPs per token" in done.stdout
+    assert refused.returncode == 2 and refused.stderr.startswith("gptrain: error: give a budget")
+    for result in (done, refused):
+        assert ("teardown ran" in result.stdout) == (world_size == "1")

@@ -40,6 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a bad input prints one line naming the problem and the fix, and exits 2."""
+    code = run_command(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        leave_process(code)
+    return code
+
+
+def leave_process(code: int) -> None:
+    """End a worker of a multi-process (torchrun) run with ``code`` once its output is flushed, without
+    the interpreter's teardown. torch keeps an FSDP model's device mesh, and with it gloo's worker threads,
+    alive after the process group is destroyed; a thread that drops its last tensor while the interpreter
+    finalizes can abort the process (SIGABRT, "terminate called without an active exception"), and torchrun
+    then fails a run that finished. Every file gptrain writes is closed by now, and no atexit work is left."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
