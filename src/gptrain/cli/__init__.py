@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a bad input prints one line naming the problem and the fix, and exits 2."""
     code = run_command(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from gptrain.core.launch import world_size
+
+    if world_size() > 1:
         leave_process(code)
     return code
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from gptrain.core.accelerators import Accelerator, accelerator_of_device
 from gptrain.core.errors import GptrainError
+from gptrain.core.launch import world_size
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -155,10 +156,10 @@ class Processes:
 
 def start_processes(device_name: str) -> tuple[Processes, torch.device]:
     """Join torchrun's process group (gloo on CPU, nccl on CUDA) and pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    processes = world_size()
+    if processes == 1:
         return Processes(), resolve_device(device_name)
-    procs = Processes(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    procs = Processes(int(os.environ["RANK"]), processes, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", procs.local_rank)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from gptrain.core.errors import GptrainError
 from gptrain.core.files import write_json_atomic, write_text_atomic
 from gptrain.core.formatting import duration, human
+from gptrain.core.launch import is_main_process
 from gptrain.core.peak import mfu_peak
 from gptrain.core.runtime import (
     gather_over_processes,
@@ -330,7 +330,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     0 logs, samples and saves.
     """
     started, before_train = time.perf_counter(), process_age()
-    run = build_run(cfg, echo if os.environ.get("RANK", "0") == "0" else (lambda line: None))
+    run = build_run(cfg, echo if is_main_process() else (lambda line: None))
     cfg = run.cfg  # resolved
     evaluates = run.procs.is_main or cfg.fsdp  # a sharded model's forward pass needs every process
     state = new_state()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.launch import is_main_process
 from gptrain.core.runtime import (
     PAD_VOCAB_MULTIPLE,
     Processes,
@@ -272,7 +272,7 @@ def build_run(cfg: TrainConfig, echo: Callable[[str], None]) -> Run:
 
 def dry_run(cfg: TrainConfig, echo: Callable[[str], None]) -> list[str]:
     """Set up as ``train`` would, without the model: rank 0 prints every rank's view; returns the views."""
-    echo = echo if os.environ.get("RANK", "0") == "0" else (lambda line: None)
+    echo = echo if is_main_process() else (lambda line: None)
     setup = set_up(cfg, echo)
     cfg, procs = setup.cfg, setup.procs
     nodes = len({record.node for record in setup.ranks})

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from gptrain.core.errors import GptrainError
+from gptrain.core.launch import is_main_process
 from gptrain.core.oserrors import check_output_dir
 
 LOCK_FILE = "run.lock"
@@ -134,7 +135,7 @@ def locks_run_dir(train):
 
     @functools.wraps(train)
     def locked(cfg, *args, **kwargs):
-        if os.environ.get("RANK", "0") != "0":
+        if not is_main_process():
             return train(cfg, *args, **kwargs)
         with RunLock(cfg.out) as lock:
             if lock.took_over:
